@@ -1,0 +1,219 @@
+"""What every shard-backed DataModule shares: shard specs, built-in data, loaders, checks."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+
+from datamodules.builtin import prepare_fashion_mnist
+from datamodules.pipeline import EpochLoader, SampleFormat, ShardStream
+from datamodules.shards import ShardSpec, ShardSpecError, parse_shards
+from datamodules.transforms import TransformConfig
+
+Shards = str | dict[str, str] | None
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Reads webdataset shards through the one pipeline of :mod:`datamodules.pipeline`.
+
+    Args:
+        train_shards: Training shard spec, e.g. ``/data/in1k/train-{0000..1023}.tar`` (``|N``
+            gives the sample count; several sources are joined with ``::``).
+        val_shards: Validation shards: one spec, or ``{name: spec}`` for several sets, each
+            evaluated and logged under its name.
+        test_shards: Test shards, same form as ``val_shards``.
+        builtin: Use built-in real data instead of shards (``fashion_mnist``); written once
+            under ``builtin_root`` by ``prepare_data``. Shard options given explicitly win.
+        builtin_root: Folder for the built-in shards.
+        builtin_source: Folder with the raw files of the built-in data (default: Debian's
+            ``dataset-fashion-mnist`` path or ``$FASHION_MNIST_DIR``).
+        batch_size: Samples per batch on each rank.
+        eval_batch_size: Batch size for validation and test (default: ``batch_size``).
+        num_workers: Data-loader worker processes per rank.
+        transform: Image transform options (timm ``create_transform``).
+        seed: Seed of the noise and of the shard and sample shuffles (independent of the model
+            seed, so the same noisy dataset can train differently seeded models).
+        shuffle_buffer: Samples held for the training shuffle in each worker.
+        resample: Draw training shards with replacement (weighted by ``source_weights``)
+            instead of a shuffled pass; needed when shards < ranks x workers.
+        source_weights: One weight per ``::`` source; only with ``resample``.
+        epoch_samples: Training samples per epoch over all ranks (default: the shards' count).
+        max_skip_fraction: Stop with an error naming the shards when more than this fraction of
+            the samples read is skipped (undecodable, missing key, bad label, duplicate key).
+        allow_shard_commands: Allow shard URLs that make webdataset run a command (``pipe:``,
+            ``http(s)`` through curl, ``gs``/``s3`` through their CLIs). Off: only local files.
+    """
+
+    layout: ClassVar[str]
+
+    def __init__(
+        self,
+        train_shards: str | None = None,
+        val_shards: Shards = None,
+        test_shards: Shards = None,
+        builtin: Literal["fashion_mnist"] | None = None,
+        builtin_root: str = "data",
+        builtin_source: str | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        transform: TransformConfig | None = None,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        resample: bool = False,
+        source_weights: list[float] | None = None,
+        epoch_samples: int | None = None,
+        max_skip_fraction: float = 0.01,
+        allow_shard_commands: bool = False,
+    ) -> None:
+        super().__init__()
+        _require(batch_size >= 1, "batch_size", batch_size, "a positive integer")
+        _require(num_workers >= 0, "num_workers", num_workers, "0 or more")
+        _require(0 <= max_skip_fraction < 1, "max_skip_fraction", max_skip_fraction, "in [0, 1)")
+        _require(shuffle_buffer >= 1, "shuffle_buffer", shuffle_buffer, "a positive integer")
+        _require(
+            source_weights is None or resample,
+            "source_weights",
+            source_weights,
+            "used only with resample: true (a shuffled pass reads every shard once)",
+        )
+        self.train_shards = train_shards
+        self.val_shards = val_shards
+        self.test_shards = test_shards
+        self.builtin = builtin
+        self.builtin_root = builtin_root
+        self.builtin_source = builtin_source
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.transform = transform or TransformConfig()
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.resample = resample
+        self.source_weights = source_weights
+        self.epoch_samples = epoch_samples
+        self.max_skip_fraction = max_skip_fraction
+        self.allow_shard_commands = allow_shard_commands
+        self.train_spec: ShardSpec | None = None
+        self.eval_specs: dict[str, dict[str, ShardSpec]] = {"val": {}, "test": {}}
+
+    # --- subclass interface -------------------------------------------------------------------
+    def sample_format(self, training: bool) -> SampleFormat:
+        """The format that turns raw samples into training (noisy) or evaluation samples."""
+        raise NotImplementedError
+
+    def noise_summary(self) -> dict[str, Any]:
+        """Nominal noise settings, logged beside the realised rate."""
+        raise NotImplementedError
+
+    def check_shards(self, spec: ShardSpec) -> None:
+        """Subclasses compare shard metadata with their options (e.g. num_classes)."""
+
+    # --- Lightning hooks ----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.builtin == "fashion_mnist":
+            prepare_fashion_mnist(self.builtin_root, self.builtin_source)
+
+    def setup(self, stage: str | None = None) -> None:
+        builtin = self._builtin_specs()
+        train = self.train_shards or builtin.get("train")
+        val = self.val_shards if self.val_shards is not None else builtin.get("val")
+        test = self.test_shards if self.test_shards is not None else builtin.get("test")
+        if stage in (None, "fit"):
+            if not train:
+                raise ShardSpecError(
+                    "data.train_shards is not set: give a shard spec, or `builtin: fashion_mnist`"
+                )
+            self.train_spec = self._parse(train, "train_shards", self.source_weights)
+            self.batches_per_rank()  # fail now, not at the first epoch
+        self.eval_specs["val"] = self._parse_named(val, "val_shards")
+        self.eval_specs["test"] = self._parse_named(test, "test_shards")
+
+    def train_dataloader(self) -> EpochLoader:
+        assert self.train_spec is not None, "setup('fit') must run first"
+        stream = self._stream(self.train_spec, training=True)
+        return EpochLoader(stream, self.num_workers, epoch_source=self._current_epoch)
+
+    def val_dataloader(self) -> list[EpochLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[EpochLoader]:
+        return self._eval_loaders("test")
+
+    # --- helpers ------------------------------------------------------------------------------
+    def eval_names(self, split: str = "val") -> list[str]:
+        """Names of the evaluation sets, in the order of the dataloaders."""
+        return list(self.eval_specs[split])
+
+    def batches_per_rank(self) -> int:
+        """Training batches every rank steps per epoch: samples // (world_size x batch_size)."""
+        assert self.train_spec is not None
+        samples = self.epoch_samples or self.train_spec.num_samples
+        if samples is None:
+            raise ShardSpecError(
+                f"the number of training samples in {self.train_spec.spec!r} is unknown: add "
+                "'|N' to the spec, an _info.json beside the shards, or set data.epoch_samples"
+            )
+        _, world = self._rank_world()
+        batches = samples // (world * self.batch_size)
+        if batches < 1:
+            raise ShardSpecError(
+                f"{samples} training samples cannot fill one batch of {self.batch_size} on each of "
+                f"{world} ranks; lower data.batch_size or add data"
+            )
+        return batches
+
+    def _builtin_specs(self) -> dict[str, str]:
+        if self.builtin != "fashion_mnist":
+            return {}
+        return prepare_fashion_mnist(self.builtin_root, self.builtin_source)[self.layout]
+
+    def _parse(self, spec: str, option: str, weights: list[float] | None = None) -> ShardSpec:
+        try:
+            parsed = parse_shards(spec, weights, self.allow_shard_commands)
+        except ShardSpecError as err:
+            raise ShardSpecError(f"data.{option}: {err}") from None
+        self.check_shards(parsed)
+        return parsed
+
+    def _parse_named(self, shards: Shards, option: str) -> dict[str, ShardSpec]:
+        if not shards:
+            return {}
+        named = {option.removesuffix("_shards"): shards} if isinstance(shards, str) else shards
+        return {name: self._parse(spec, f"{option}.{name}") for name, spec in named.items()}
+
+    def _stream(self, spec: ShardSpec, training: bool) -> ShardStream:
+        rank, world = self._rank_world()
+        return ShardStream(
+            spec,
+            self.sample_format(training),
+            self.batch_size if training else self.eval_batch_size,
+            training=training,
+            batches_per_rank=self.batches_per_rank() if training else None,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            resample=self.resample and training,
+            rank=rank,
+            world_size=world,
+            max_skip_fraction=self.max_skip_fraction,
+        )
+
+    def _eval_loaders(self, split: str) -> list[EpochLoader]:
+        return [
+            EpochLoader(self._stream(spec, training=False), self.num_workers)
+            for spec in self.eval_specs[split].values()
+        ]
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _current_epoch(self) -> int:
+        return 0 if self.trainer is None else self.trainer.current_epoch
+
+
+def _require(ok: bool, option: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"data.{option} must be {expected}, got {value!r}")

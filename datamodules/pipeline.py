@@ -1,0 +1,293 @@
+"""The one webdataset pipeline every DataModule uses.
+
+Per data-loader worker, one pass reads::
+
+    shards (epoch-seeded order, split by rank then worker; or weighted resampling)
+      -> tar members grouped by key, per shard (tar_file_iterator)
+      -> format.check: fields, label parsing, label noise        (skips counted)
+      -> format.per_shard: caption swaps inside one shard
+      -> shuffle buffer seeded by (seed, epoch, rank, worker)    (training only)
+      -> format.finish: decode, transform, tokenize              (skips counted)
+      -> batches (collate) carrying the skip counts since the previous batch
+
+Training streams give every rank exactly ``batches_per_rank`` batches per epoch (workers cycle
+over their shards when they run short), so DDP ranks never wait on one another. Evaluation
+streams read each sample exactly once across ranks and workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext, tar_file_iterator
+
+from datamodules.formats import Sample, SkipSample, collate
+from datamodules.shards import ShardSpec
+
+log = logging.getLogger(__name__)
+
+SKIP_REASONS = (
+    "read_error",
+    "missing_key",
+    "decode_error",
+    "bad_label",
+    "label_out_of_range",
+    "duplicate_key",
+)
+
+
+class DataQualityError(RuntimeError):
+    """Too many samples were skipped: the shards, not the code, need fixing."""
+
+
+class SampleFormat(Protocol):
+    def check(self, raw: Sample) -> Sample: ...
+    def per_shard(self, samples: Iterator[Sample]) -> Iterator[Sample]: ...
+    def finish(self, sample: Sample) -> Sample: ...
+
+
+class SkipLedger:
+    """Counts read and skipped samples of one worker pass; stops a mostly-broken stream.
+
+    The check is ``skipped > max_fraction * seen``, made once ``min_samples`` were seen and at
+    the end of the pass, so a stream of nothing but skips fails fast instead of spinning.
+    """
+
+    def __init__(self, max_fraction: float, where: str, min_samples: int = 100) -> None:
+        self.max_fraction = max_fraction
+        self.where = where
+        self.min_samples = min_samples
+        self.seen = 0
+        self.by_reason: Counter[str] = Counter()
+        self.by_shard: dict[str, Counter[str]] = {}
+        self._reported = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.by_reason.values())
+
+    def read(self) -> None:
+        self.seen += 1
+
+    def skip(self, url: str, reason: str, detail: str) -> None:
+        self.by_reason[reason] += 1
+        shard = self.by_shard.setdefault(url, Counter())
+        shard[reason] += 1
+        if shard.total() <= 3:
+            log.warning("skipped a sample of %s (%s): %s", url, reason, detail)
+        self.check()
+
+    def check(self, final: bool = False) -> None:
+        if self.skipped <= self.max_fraction * self.seen:
+            return
+        if not final and self.seen < self.min_samples:
+            return
+        worst = sorted(self.by_shard.items(), key=lambda item: -item[1].total())[:5]
+        shards = "; ".join(f"{url} ({dict(counts)})" for url, counts in worst)
+        raise DataQualityError(
+            f"{self.skipped} of {self.seen} samples skipped ({self.skipped / self.seen:.1%} > "
+            f"max_skip_fraction {self.max_fraction:.1%}) in {self.where}. Shards with skips: "
+            f"{shards}. Repair or drop these shards, or raise data max_skip_fraction."
+        )
+
+    def delta(self) -> torch.Tensor:
+        """Skip counts per reason (order of SKIP_REASONS) since the previous call."""
+        total = torch.tensor([self.by_reason[r] for r in SKIP_REASONS], dtype=torch.long)
+        delta, self._reported = total - self._reported, total
+        return delta
+
+
+def read_shard(url: str, ledger: SkipLedger) -> Iterator[Sample]:
+    """Raw samples of one tar: members grouped by key inside this tar only.
+
+    Grouping per tar keeps a key split across two tars (a LAION quirk) from merging into one
+    sample; each half is then skipped as incomplete. A tar that cannot be read to its end counts
+    one ``read_error`` and the pass continues with the next shard.
+    """
+    current: Sample | None = None
+    try:
+        with gopen(url) as stream:
+            for member in tar_file_iterator(stream):
+                key, suffix = base_plus_ext(member["fname"])
+                if key is None:
+                    continue
+                if current is None or key != current["__key__"]:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": url}
+                current[suffix.lower()] = member["data"]
+        if current is not None:
+            yield current
+    except (tarfile.TarError, OSError, EOFError) as err:
+        ledger.read()
+        ledger.skip(url, "read_error", f"{type(err).__name__}: {err}")
+
+
+class ShardStream(IterableDataset):
+    """Batches from shards for one rank; see the module docstring for the stages."""
+
+    def __init__(
+        self,
+        spec: ShardSpec,
+        sample_format: SampleFormat,
+        batch_size: int,
+        *,
+        training: bool,
+        batches_per_rank: int | None = None,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        resample: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        max_skip_fraction: float = 0.01,
+    ) -> None:
+        if training and (batches_per_rank is None or batches_per_rank < 1):
+            raise ValueError(f"a training stream needs batches_per_rank >= 1: {spec.spec}")
+        self.spec = spec
+        self.format = sample_format
+        self.batch_size = batch_size
+        self.training = training
+        self.batches_per_rank = batches_per_rank
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.resample = resample
+        self.rank = rank
+        self.world_size = world_size
+        self.max_skip_fraction = max_skip_fraction
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shard order; call before each epoch (the loader does)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.batches_per_rank is None:
+            raise TypeError("an evaluation stream reads its shards once and has no fixed length")
+        return self.batches_per_rank
+
+    def check_enough_shards(self, num_workers: int) -> None:
+        """Fail early when some training worker would receive no shard at all."""
+        readers = self.world_size * max(1, num_workers)
+        if self.training and not self.resample and len(self.spec.urls) < readers:
+            raise ValueError(
+                f"{len(self.spec.urls)} shards cannot feed {self.world_size} ranks x "
+                f"{max(1, num_workers)} workers = {readers} readers ({self.spec.spec}). Use more "
+                "(smaller) shards, fewer workers, or `resample: true`."
+            )
+
+    def shard_urls(self, worker: int, num_workers: int) -> Iterator[str]:
+        """This worker's shards for the current epoch: a deterministic, endless list in training."""
+        if self.resample:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+            sources = self.spec.sources
+            weights = [s.weight for s in sources]
+            while True:
+                yield rng.choice(rng.choices(sources, weights)[0].urls)
+        urls = self.spec.urls
+        if self.training:
+            random.Random(f"{self.seed}/{self.epoch}").shuffle(urls)
+        mine = urls[self.rank :: self.world_size][worker::num_workers]
+        if not self.training:
+            yield from mine
+            return
+        while True:
+            yield from mine
+            yield ""  # end of one pass over this worker's shards
+
+    def checked_samples(self, urls: Iterator[str], ledger: SkipLedger) -> Iterator[Sample]:
+        """Raw samples -> checked, noised samples; duplicate keys skipped within one pass."""
+        seen_keys: set[str] = set()
+        pass_yield = 0
+        for url in urls:
+            if url == "" or self.resample:
+                if url == "" and pass_yield == 0:
+                    raise DataQualityError(f"no usable sample in a full pass over {ledger.where}")
+                seen_keys, pass_yield = set(), 0
+                if url == "":
+                    continue
+            for sample in self.format.per_shard(self._check_shard(url, ledger, seen_keys)):
+                pass_yield += 1
+                yield sample
+
+    def _check_shard(self, url: str, ledger: SkipLedger, seen_keys: set[str]) -> Iterator[Sample]:
+        for raw in read_shard(url, ledger):
+            ledger.read()
+            key = raw["__key__"]
+            if key in seen_keys:
+                ledger.skip(url, "duplicate_key", key)
+                continue
+            seen_keys.add(key)
+            try:
+                sample = self.format.check(raw)
+            except SkipSample as skip:
+                ledger.skip(url, skip.reason, f"{key}: {skip}")
+                continue
+            sample["__url__"] = url
+            yield sample
+
+    def finished_samples(self, samples: Iterator[Sample], ledger: SkipLedger) -> Iterator[Sample]:
+        for sample in samples:
+            url = sample.pop("__url__")
+            try:
+                yield self.format.finish(sample)
+            except SkipSample as skip:
+                ledger.skip(url, skip.reason, f"{sample['__key__']}: {skip}")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        where = f"rank {self.rank} worker {worker} epoch {self.epoch} of {self.spec.spec}"
+        ledger = SkipLedger(self.max_skip_fraction, where)
+        samples = self.checked_samples(self.shard_urls(worker, num_workers), ledger)
+        if self.training:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/samples")
+            initial = min(self.shuffle_buffer, 100)
+            samples = wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng)(samples)
+        samples = self.finished_samples(samples, ledger)
+
+        def collate_with_skips(batch: list[Sample]) -> dict[str, Any]:
+            return {**collate(batch), "skipped": ledger.delta()}
+
+        batches = wds.batched(self.batch_size, collation_fn=collate_with_skips, partial=True)(
+            samples
+        )
+        if self.training:
+            assert self.batches_per_rank is not None
+            quota = self.batches_per_rank // num_workers + (
+                worker < self.batches_per_rank % num_workers
+            )
+            batches = itertools.islice(batches, quota)
+        yield from batches
+        ledger.check(final=True)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader that tells its :class:`ShardStream` the epoch before every pass.
+
+    Lightning calls ``set_epoch`` only on samplers, and creates the first epoch's iterator
+    before ``on_train_epoch_start``; asking ``epoch_source`` (the trainer's current epoch) at
+    ``iter()`` is the one place that is right on the first epoch, later epochs and resume.
+    Workers are not persistent so that each pass starts from the epoch just set.
+    """
+
+    def __init__(
+        self, dataset: ShardStream, num_workers: int, epoch_source: Callable[[], int] | None = None
+    ) -> None:
+        dataset.check_enough_shards(num_workers)
+        super().__init__(dataset, batch_size=None, num_workers=num_workers)
+        self.epoch_source = epoch_source
+
+    def __iter__(self):  # type: ignore[override]
+        if self.epoch_source is not None:
+            self.dataset.set_epoch(self.epoch_source())
+        return super().__iter__()
