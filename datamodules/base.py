@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 
 from datamodules.builtin import prepare_fashion_mnist
+from datamodules.errors import ConfigError
 from datamodules.pipeline import EpochLoader, SampleFormat, ShardStream
 from datamodules.shards import ShardSpec, ShardSpecError, parse_shards
 from datamodules.transforms import TransformConfig
@@ -216,4 +217,4 @@ class ShardDataModule(L.LightningDataModule):
 
 def _require(ok: bool, option: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ValueError(f"data.{option} must be {expected}, got {value!r}")
+        raise ConfigError(f"data.{option} must be {expected}, got {value!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from datamodules.base import ShardDataModule
+from datamodules.errors import ConfigError
 from datamodules.formats import ClassificationFormat, LabelNoise
 from datamodules.noise import AsymmetricLabelNoise, SymmetricLabelNoise
 from datamodules.shards import ShardSpec, ShardSpecError, read_info
@@ -87,21 +88,21 @@ def _make_label_noise(
     transitions: str | None,
 ) -> LabelNoise | None:
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"data.noise_ratio must be in [0, 1), got {ratio}")
+        raise ConfigError(f"data.noise_ratio must be in [0, 1), got {ratio}")
     if num_classes < 1:
-        raise ValueError(f"data.num_classes must be positive, got {num_classes}")
+        raise ConfigError(f"data.num_classes must be positive, got {num_classes}")
     if kind == "none":
         if ratio:
-            raise ValueError(f"data.noise_ratio is {ratio} but label_noise is 'none'")
+            raise ConfigError(f"data.noise_ratio is {ratio} but label_noise is 'none'")
         return None
     if kind == "symmetric":
         return SymmetricLabelNoise(ratio, num_classes, seed, include_true_class)
     if kind == "asymmetric":
         if transitions is None:
-            raise ValueError(
+            raise ConfigError(
                 "asymmetric label noise needs data.noise_transitions: cifar10 or a JSON"
             )
         if transitions == "cifar10":
             return AsymmetricLabelNoise.cifar10(ratio, seed)
         return AsymmetricLabelNoise.from_json(transitions, ratio, seed)
-    raise ValueError(f"data.label_noise must be none, symmetric or asymmetric, got {kind!r}")
+    raise ConfigError(f"data.label_noise must be none, symmetric or asymmetric, got {kind!r}")

@@ -7,6 +7,7 @@ from typing import Any
 import open_clip
 
 from datamodules.base import ShardDataModule
+from datamodules.errors import ConfigError
 from datamodules.formats import ImageTextFormat
 from datamodules.noise import CaptionSwapNoise
 
@@ -36,15 +37,15 @@ class ImageTextDataModule(ShardDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not 0.0 <= caption_noise_ratio < 1.0:
+            raise ConfigError(
+                f"data.caption_noise_ratio must be in [0, 1), got {caption_noise_ratio}"
+            )
         self.noise = (
             CaptionSwapNoise(caption_noise_ratio, self.seed, swap_block_size, text_key)
             if caption_noise_ratio
             else None
         )
-        if caption_noise_ratio < 0:
-            raise ValueError(
-                f"data.caption_noise_ratio must be in [0, 1), got {caption_noise_ratio}"
-            )
         self.tokenizer_name = tokenizer
         self.context_length = context_length
         self.text_key = text_key

@@ -27,11 +27,13 @@ from urllib.parse import urlparse
 import braceexpand
 from webdataset.tariterators import base_plus_ext
 
+from datamodules.errors import ConfigError
+
 INFO_FILES = ("_info.json", "info.json")
 README_DATA = "see README.md, section 'Data: shards'"
 
 
-class ShardSpecError(ValueError):
+class ShardSpecError(ConfigError):
     """A shard specification that cannot be used; the message names the spec and the fix."""
 
 
