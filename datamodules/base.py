@@ -59,7 +59,7 @@ class ShardDataModule(L.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
-        transform: TransformConfig | None = None,
+        transform: TransformConfig = TransformConfig(),
         seed: int = 0,
         shuffle_buffer: int = 1000,
         resample: bool = False,
@@ -88,7 +88,7 @@ class ShardDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.transform = transform or TransformConfig()
+        self.transform = transform
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.resample = resample

@@ -16,7 +16,7 @@ NORMALIZATIONS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransformConfig:
     """How images become tensors.
 

@@ -1,0 +1,50 @@
+"""Log the realised noise rate and the skipped samples of each training epoch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from datamodules.pipeline import SKIP_REASONS
+
+
+class DataAudit(L.Callback):
+    """Counts, over all ranks, the noisy and the skipped samples that training really saw.
+
+    Logged per epoch: ``noise/realised_rate`` (noisy / seen, from each batch's ``is_noisy``),
+    ``noise/nominal_ratio`` and ``noise/expected_rate`` (from the DataModule), and
+    ``data/skipped_<reason>`` for every skip reason of the pipeline.
+    """
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(2 + len(SKIP_REASONS), dtype=torch.float64)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.counts.zero_()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: dict[str, Any],
+        batch_idx: int,
+    ) -> None:
+        self.counts[0] += float(batch["is_noisy"].sum())
+        self.counts[1] += len(batch["key"])
+        self.counts[2:] += batch["skipped"].to(self.counts)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        totals = trainer.strategy.reduce(self.counts.to(pl_module.device), reduce_op="sum")
+        totals = totals.cpu()
+        metrics = {"noise/realised_rate": float(totals[0] / max(float(totals[1]), 1.0))}
+        summary = getattr(trainer.datamodule, "noise_summary", None)
+        if summary is not None:
+            nominal = summary()
+            metrics["noise/nominal_ratio"] = float(nominal["ratio"])
+            metrics["noise/expected_rate"] = float(nominal["expected_rate"])
+        for reason, count in zip(SKIP_REASONS, totals[2:].tolist(), strict=True):
+            metrics[f"data/skipped_{reason}"] = count
+        pl_module.log_dict(metrics, on_epoch=True, sync_dist=False)

@@ -1,0 +1,121 @@
+"""What every training module shares: optimiser and schedule, throughput, export hook."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from timm.optim import create_optimizer_v2, list_optimizers
+
+from datamodules.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimiser and learning-rate schedule, read like timm's training script.
+
+    Args:
+        name: Any timm optimiser name (``sgd``, ``adamw``, ``lamb``...). Norm and bias
+            parameters get no weight decay, as in timm.
+        lr: Peak learning rate.
+        weight_decay: Decoupled (AdamW) or L2 (SGD) weight decay.
+        momentum: Momentum for SGD-type optimisers.
+        warmup_epochs: Linear warm-up length in epochs (fractions allowed); 0 disables it.
+        schedule: ``cosine`` (per-step cosine decay to ``min_lr_ratio * lr``) or ``constant``.
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+    """
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name.lower() not in list_optimizers():
+            raise ConfigError(f"optimizer.name {self.name!r} is not a timm optimizer")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(
+                f"optimizer.schedule must be cosine or constant, got {self.schedule!r}"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"optimizer.lr must be positive, got {self.lr}")
+
+    def lr_factor(self, step: int, total_steps: int, warmup_steps: int) -> float:
+        """Linear warm-up then ``min + (1 - min) * (1 + cos(pi * progress)) / 2``."""
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
+
+
+class NoisyTrainingModule(L.LightningModule):
+    """Base of the pre-training and adaptation modules.
+
+    Subclasses implement ``training_step``/``validation_step``, ``trainable_model`` (what the
+    optimiser sees), ``features`` (what the spectrum callback analyses) and ``export``.
+    """
+
+    def __init__(self, optimizer: OptimizerConfig = OptimizerConfig()) -> None:
+        super().__init__()
+        self.optimizer_config = optimizer
+        self._epoch_samples = 0
+        self._epoch_start = 0.0
+
+    # --- interface ----------------------------------------------------------------------------
+    def trainable_model(self) -> torch.nn.Module:
+        """The module whose parameters are optimised."""
+        raise NotImplementedError
+
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(B, D) features of a batch for the spectrum analysis."""
+        raise NotImplementedError
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        """Write the backbone so timm / open_clip load it; return the card entries."""
+        raise NotImplementedError
+
+    # --- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optimizer_config
+        optimizer = create_optimizer_v2(
+            self.trainable_model(),
+            opt=cfg.name,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = min(total, round(cfg.warmup_epochs * per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cfg.lr_factor(step, total, warmup)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # --- throughput and learning-rate logging ---------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._epoch_samples = 0
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        self._epoch_samples += len(batch["key"])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
+        self.log("train/samples_per_s", self._epoch_samples / elapsed * self.trainer.world_size)

@@ -1,0 +1,190 @@
+"""Fully-supervised (FS) pre-training of any timm model on labels with controlled noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.errors import ConfigError
+from lightning_modules.base import NoisyTrainingModule, OptimizerConfig
+
+
+def create_timm_model(model_name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with an error that names the option instead of a deep traceback."""
+    if not timm.is_model(model_name):
+        close = timm.list_models(f"*{model_name.split('_')[0]}*")[:8]
+        raise ConfigError(
+            f"model.model_name {model_name!r} is not a timm model; similar names: {close}"
+        )
+    return timm.create_model(model_name, num_classes=num_classes, **kwargs)
+
+
+class NoisyLabelMetrics(nn.Module):
+    """Training accuracy against the observed and the clean labels, split by noisy/clean.
+
+    ``memorised`` is the fraction of noisy samples predicted as their *wrong* observed label:
+    how much of the noise the model fits. ``noisy_clean`` is the fraction of noisy samples still
+    predicted as their true class. Weighted means, so batches without noisy samples are fine.
+    """
+
+    NAMES = ("acc_observed", "acc_clean", "clean_subset_acc", "memorised", "noisy_clean")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.means = nn.ModuleDict({name: MeanMetric() for name in self.NAMES})
+
+    def update(self, preds: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        hit_observed = (preds == batch["label"]).float()
+        hit_clean = (preds == batch["clean_label"]).float()
+        noisy = batch["is_noisy"].float()
+        ones = torch.ones_like(noisy)
+        self.means["acc_observed"].update(hit_observed, ones)
+        self.means["acc_clean"].update(hit_clean, ones)
+        self.means["clean_subset_acc"].update(hit_clean, 1 - noisy)
+        self.means["memorised"].update(hit_observed, noisy)
+        self.means["noisy_clean"].update(hit_clean, noisy)
+
+
+class SupervisedPretraining(NoisyTrainingModule):
+    """Cross-entropy on the observed (possibly noisy) labels of a timm model.
+
+    Args:
+        model_name: timm architecture, e.g. ``resnet50``, ``vit_base_patch16_224``, ``resnet18``.
+        num_classes: Classes of the pre-training data (must match the DataModule).
+        model_kwargs: Extra ``timm.create_model`` arguments (``drop_path_rate``, ``img_size``...).
+        label_smoothing: Label smoothing of the cross-entropy.
+        mixup_alpha: timm Mixup alpha (0 disables mixup).
+        cutmix_alpha: timm CutMix alpha (0 disables cutmix).
+        channels_last: Use channels-last memory format (faster convolutions on GPU).
+        optimizer: Optimiser and schedule.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet50",
+        num_classes: int = 1000,
+        model_kwargs: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        channels_last: bool = False,
+        optimizer: OptimizerConfig = OptimizerConfig(),
+    ) -> None:
+        super().__init__(optimizer)
+        self.model_name = model_name
+        self.num_classes = num_classes
+        self.model_kwargs = dict(model_kwargs or {})
+        self.model = create_timm_model(model_name, num_classes, **self.model_kwargs)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
+            self.soft_loss = SoftTargetCrossEntropy()
+        self.label_smoothing = label_smoothing
+        self.train_metrics = NoisyLabelMetrics()
+        self.val_metrics = nn.ModuleDict()
+        self.save_hyperparameters(
+            {"model_name": model_name, "num_classes": num_classes, **self.model_kwargs}
+        )
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        declared = getattr(datamodule, "num_classes", self.num_classes)
+        if declared != self.num_classes:
+            raise ConfigError(
+                f"model.num_classes is {self.num_classes} but data.num_classes is {declared}; "
+                "set both to the number of classes in the shards"
+            )
+        top5 = min(5, self.num_classes)
+        for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
+            self.val_metrics[name] = nn.ModuleDict(
+                {
+                    "top1": MulticlassAccuracy(self.num_classes, average="micro"),
+                    "top5": MulticlassAccuracy(self.num_classes, top_k=top5, average="micro"),
+                }
+            )
+
+    def trainable_model(self) -> nn.Module:
+        return self.model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Penultimate pooled features (``forward_head(pre_logits=True)``)."""
+        images = batch["image"]
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images, labels = batch["image"], batch["label"]
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+            logits = self(images)
+            loss = self.soft_loss(logits, targets)
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        self.train_metrics.update(logits.argmax(dim=1), batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        for name, metric in self.train_metrics.means.items():
+            self.log(f"train/{name}", metric, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._evaluate(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", dataloader_idx)
+
+    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> None:
+        name = self.trainer.datamodule.eval_names(split)[dataloader_idx]
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"])
+        log = {"add_dataloader_idx": False, "on_epoch": True, "batch_size": len(batch["key"])}
+        self.log(f"{split}/{name}/loss", loss, sync_dist=True, **log)
+        for metric_name, metric in self.val_metrics[name].items():
+            metric.update(logits, batch["label"])
+            self.log(f"{split}/{name}/{metric_name}", metric, **log)
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        """``model.safetensors`` loadable by ``timm.create_model(..., pretrained_cfg_overlay=
+        dict(file=path, num_classes=K))`` (or ``num_classes=0`` for the bare backbone)."""
+        path = (directory / "model.safetensors").resolve()
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(path))
+        return {
+            "library": "timm",
+            "model_name": self.model_name,
+            "model_kwargs": self.model_kwargs,
+            "num_classes": self.num_classes,
+            "weights": path.name,
+            "load": (
+                f"timm.create_model({self.model_name!r}, pretrained=True, num_classes=0, "
+                f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={self.num_classes})"
+                + "".join(f", {k}={v!r}" for k, v in self.model_kwargs.items())
+                + ")"
+            ),
+        }
