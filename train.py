@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.data_audit import DataAudit
 from callbacks.export import ExportBackbone
@@ -44,7 +44,7 @@ def _find_config(value: str) -> str:
 class SuiteCLI(LightningCLI):
     """LightningCLI with the callbacks every run needs registered as config sections."""
 
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(DataAudit, "data_audit")
         parser.add_lightning_class_args(ExportBackbone, "export")
 
