@@ -203,7 +203,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "noise_share_of_wall": a / d,
             "noise_share_of_worker": a / (d * workers),
         },
-        "target": {"noise_cost_below": NOISE_COST_TARGET, "met": noise_cost < NOISE_COST_TARGET},
+        "target": {
+            "noise_cost_below": NOISE_COST_TARGET,
+            "met": noise_cost < NOISE_COST_TARGET,
+            # a/b resolves a 2 % difference only when repeats of a and b agree that well
+            "resolved": args.repeats > 1
+            and max(spreads["pipeline_noise"], spreads["pipeline"]) < NOISE_COST_TARGET,
+        },
     }
 
 
@@ -218,6 +224,8 @@ def report(results: dict[str, Any]) -> None:
     ratios = results["ratios"]
     target = results["target"]
     verdict = "met" if target["met"] else "NOT met"
+    if not target["resolved"]:
+        verdict += "; not resolved: a and b vary more than that, see noise_share"
     print_ratios(
         NAME,
         {

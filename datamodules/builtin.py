@@ -49,12 +49,8 @@ CAPTION_TEMPLATES = (
     "a picture of a {}, an item of clothing.",
 )
 LAYOUTS = ("classification", "image_text")
-# split name -> (idx file prefix, first index, end index)
-_SPLITS = {
-    "train": ("train", 0, 50_000),
-    "val": ("train", 50_000, 60_000),
-    "test": ("t10k", 0, 10_000),
-}
+# split name -> (idx file prefix, start, end as fractions of that file): 50,000 / 10,000 / 10,000
+_SPLITS = {"train": ("train", 0, 5 / 6), "val": ("train", 5 / 6, 1), "test": ("t10k", 0, 1)}
 _FORMAT_VERSION = 1
 
 
@@ -143,8 +139,10 @@ def prepare_fashion_mnist(
                 "class_names": list(FASHION_MNIST_CLASSES),
             }
             for split, (prefix, start, end) in _SPLITS.items():
-                images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")[start:end]
-                labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")[start:end]
+                images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
+                labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+                first, last = round(start * len(labels)), round(end * len(labels))
+                images, labels = images[first:last], labels[first:last]
                 write_split(
                     _samples(images, labels, split, layout),
                     tmp,

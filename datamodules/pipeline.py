@@ -112,7 +112,7 @@ def read_shard(url: str, ledger: SkipLedger) -> Iterator[Sample]:
 
     Grouping per tar keeps a key split across two tars (a LAION quirk) from merging into one
     sample; each half is then skipped as incomplete. A tar that cannot be read to its end counts
-    one ``read_error`` and the pass continues with the next shard.
+    one ``read_error``, keeps the samples read before the cut, and the pass goes on.
     """
     current: Sample | None = None
     try:
@@ -131,6 +131,8 @@ def read_shard(url: str, ledger: SkipLedger) -> Iterator[Sample]:
     except (tarfile.TarError, OSError, EOFError) as err:
         ledger.read()
         ledger.skip(url, "read_error", f"{type(err).__name__}: {err}")
+        if current is not None:
+            yield current  # members read before the cut; the format check judges completeness
 
 
 class ShardStream(IterableDataset):
@@ -186,7 +188,7 @@ class ShardStream(IterableDataset):
             )
 
     def shard_urls(self, worker: int, num_workers: int) -> Iterator[str]:
-        """This worker's shards for the current epoch: a deterministic, endless list in training."""
+        """This worker's shards for one pass of the current epoch (endless when resampling)."""
         if self.resample:
             rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
             sources = self.spec.sources
@@ -196,28 +198,37 @@ class ShardStream(IterableDataset):
         urls = self.spec.urls
         if self.training:
             random.Random(f"{self.seed}/{self.epoch}").shuffle(urls)
-        mine = urls[self.rank :: self.world_size][worker::num_workers]
-        if not self.training:
-            yield from mine
-            return
-        while True:
-            yield from mine
-            yield ""  # end of one pass over this worker's shards
+        yield from urls[self.rank :: self.world_size][worker::num_workers]
+
+    def worker_samples(self, worker: int, num_workers: int, ledger: SkipLedger) -> Iterator[Sample]:
+        """Finished samples of one pass (evaluation), or of pass after pass (training).
+
+        Each training pass is shuffled on its own, so a worker whose shards hold exactly its
+        quota yields every sample once; a worker that runs short starts its shards again.
+        """
+        for pass_index in itertools.count():
+            samples = self.checked_samples(self.shard_urls(worker, num_workers), ledger)
+            if self.training:
+                rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/{pass_index}")
+                initial = min(self.shuffle_buffer, 100)
+                samples = wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng)(samples)
+            produced = 0
+            for sample in self.finished_samples(samples, ledger):
+                produced += 1
+                yield sample
+            if not self.training:
+                return
+            if produced == 0:
+                raise DataQualityError(f"no usable sample in a full pass over {ledger.where}")
 
     def checked_samples(self, urls: Iterator[str], ledger: SkipLedger) -> Iterator[Sample]:
-        """Raw samples -> checked, noised samples; duplicate keys skipped within one pass."""
+        """Raw samples -> checked, noised samples; a key seen twice in one pass is skipped
+        (per shard when resampling, where a shard may rightly be drawn twice)."""
         seen_keys: set[str] = set()
-        pass_yield = 0
         for url in urls:
-            if url == "" or self.resample:
-                if url == "" and pass_yield == 0:
-                    raise DataQualityError(f"no usable sample in a full pass over {ledger.where}")
-                seen_keys, pass_yield = set(), 0
-                if url == "":
-                    continue
-            for sample in self.format.per_shard(self._check_shard(url, ledger, seen_keys)):
-                pass_yield += 1
-                yield sample
+            if self.resample:
+                seen_keys = set()
+            yield from self.format.per_shard(self._check_shard(url, ledger, seen_keys))
 
     def _check_shard(self, url: str, ledger: SkipLedger, seen_keys: set[str]) -> Iterator[Sample]:
         for raw in read_shard(url, ledger):
@@ -248,12 +259,7 @@ class ShardStream(IterableDataset):
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         where = f"rank {self.rank} worker {worker} epoch {self.epoch} of {self.spec.spec}"
         ledger = SkipLedger(self.max_skip_fraction, where)
-        samples = self.checked_samples(self.shard_urls(worker, num_workers), ledger)
-        if self.training:
-            rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/samples")
-            initial = min(self.shuffle_buffer, 100)
-            samples = wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng)(samples)
-        samples = self.finished_samples(samples, ledger)
+        samples = self.worker_samples(worker, num_workers, ledger)
 
         def collate_with_skips(batch: list[Sample]) -> dict[str, Any]:
             return {**collate(batch), "skipped": ledger.delta()}

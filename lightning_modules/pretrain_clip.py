@@ -1,0 +1,299 @@
+"""Contrastive (CLIP) pre-training of any open_clip model on captions with controlled swaps."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.errors import ConfigError
+from datamodules.image_text import ImageTextDataModule
+from lightning_modules.base import NoisyTrainingModule, OptimizerConfig
+
+# open_clip's 7-prompt ensemble from the CLIP paper, as format strings so YAML can override it
+DEFAULT_TEMPLATES = tuple(template("{}") for template in open_clip.SIMPLE_IMAGENET_TEMPLATES)
+RECALL_AT = (1, 5)
+MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp: temperature never below 0.01
+WEIGHTS_FILE = "open_clip_model.safetensors"
+
+
+def register_model_config(model_name: str, config: dict[str, Any]) -> None:
+    """Add ``config`` to open_clip's registry under ``model_name`` with the public
+    ``add_model_config`` (it reads ``<name>.json``); the entry outlives the temporary file."""
+    missing = sorted({"embed_dim", "vision_cfg", "text_cfg"} - set(config))
+    if missing:
+        raise ConfigError(
+            f"model.model_config lacks {missing}; an open_clip config has embed_dim, vision_cfg "
+            "and text_cfg"
+        )
+    known = open_clip.get_model_config(model_name)
+    if known is not None and known != config:
+        raise ConfigError(
+            f"model.model_name {model_name!r} is already an open_clip model with another config; "
+            "give the inline model_config a new name"
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{model_name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
+
+
+def create_open_clip_model(model_name: str, model_config: dict[str, Any] | None) -> nn.Module:
+    """A randomly initialised open_clip model; an unknown name stops the run naming the option."""
+    if model_config is not None:
+        register_model_config(model_name, model_config)
+    known = open_clip.list_models()
+    if model_name not in known:
+        stem = model_name.split("-")[0].lower()
+        close = [name for name in known if stem in name.lower()][:8] or known[:8]
+        raise ConfigError(
+            f"model.model_name {model_name!r} is not an open_clip model (define one with "
+            f"model.model_config); e.g. {close}"
+        )
+    # no pretrained tower weights either: everything here trains from scratch, offline
+    return open_clip.create_model(model_name, pretrained_text=False, output_dict=True)
+
+
+def make_clip_loss(rank: int, world_size: int) -> open_clip.ClipLoss:
+    """open_clip's distributed CLIP loss: each rank scores its samples against the global batch
+    gathered with gradients. Averaged by DDP, its gradients are those of the single-process
+    loss on the global batch, at O(local x global) memory instead of O(global^2)."""
+    return open_clip.ClipLoss(
+        local_loss=True,
+        gather_with_grad=True,
+        cache_labels=True,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def retrieval_recall(
+    image: torch.Tensor, text: torch.Tensor, caption_ids: torch.Tensor, chunk: int = 1024
+) -> dict[str, torch.Tensor]:
+    """Recall@k of paired embeddings (row i of each is one pair), image->text and text->image.
+
+    A query hits when one of its top-k candidates belongs to a pair with the same caption: copies
+    of one caption (templated or boilerplate web text) are the same answer, so the arbitrary
+    order among their equal scores never counts against the model.
+    """
+    top_k = min(max(RECALL_AT), len(image))
+    results = {}
+    for direction, queries, keys in (("image_to_text", image, text), ("text_to_image", text, image)):
+        hits = torch.cat(
+            [
+                caption_ids[(block @ keys.T).topk(top_k, dim=1).indices]
+                == caption_ids[start : start + len(block), None]
+                for start, block in zip(
+                    range(0, len(queries), chunk), queries.split(chunk), strict=True
+                )
+            ]
+        )
+        for k in RECALL_AT:
+            results[f"{direction}_R@{k}"] = hits[:, :k].any(dim=1).float().mean()
+    return results
+
+
+class ContrastivePretraining(NoisyTrainingModule):
+    """The symmetric InfoNCE loss of CLIP on (possibly swapped) image-caption pairs.
+
+    Args:
+        model_name: open_clip architecture, e.g. ``ViT-B-16``, ``RN50``, ``ViT-B-32``; with
+            ``model_config`` the name under which that config is registered.
+        model_config: An open_clip model config inline (``embed_dim``, ``vision_cfg``,
+            ``text_cfg``), for architectures open_clip does not ship, e.g. a tiny CPU CLIP.
+        zeroshot_templates: Prompt format strings (``{}`` = class name) averaged into each
+            zero-shot class embedding (default: open_clip's 7 CLIP-paper ImageNet prompts).
+        optimizer: Optimiser and schedule.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "ViT-B-16",
+        model_config: dict[str, Any] | None = None,
+        zeroshot_templates: list[str] | None = None,
+        optimizer: OptimizerConfig = OptimizerConfig(),
+    ) -> None:
+        super().__init__(optimizer)
+        self.model_name = model_name
+        # a JSON round trip keeps plain types only, so checkpoints load with weights_only=True
+        self.model_config = None if model_config is None else json.loads(json.dumps(model_config))
+        self.model = create_open_clip_model(model_name, self.model_config)
+        self.open_clip_config = open_clip.get_model_config(model_name)
+        self.zeroshot_templates = list(zeroshot_templates or DEFAULT_TEMPLATES)
+        self.loss_fn: open_clip.ClipLoss | None = None
+        self.zeroshot_metrics = nn.ModuleDict()
+        self._classifiers: dict[str, torch.Tensor] = {}
+        self._embeddings: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self.save_hyperparameters(
+            {
+                "model_name": model_name,
+                "model_config": self.model_config,
+                "zeroshot_templates": self.zeroshot_templates,
+            }
+        )
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if not isinstance(datamodule, ImageTextDataModule):
+            raise ConfigError(
+                "ContrastivePretraining needs image-text data: set data.class_path to "
+                "datamodules.image_text.ImageTextDataModule"
+            )
+        self._check_data(datamodule)
+        self.loss_fn = make_clip_loss(self.trainer.global_rank, self.trainer.world_size)
+        for name in datamodule.zeroshot_names:
+            classes = len(datamodule.zeroshot_classes[name])
+            self.zeroshot_metrics[name] = MulticlassAccuracy(classes, average="micro")
+
+    def _check_data(self, datamodule: ImageTextDataModule) -> None:
+        """Mismatched sizes would otherwise fail deep in a positional embedding."""
+        vision, text = self.open_clip_config["vision_cfg"], self.open_clip_config["text_cfg"]
+        pairs = {
+            "context_length": (datamodule.context_length, text.get("context_length", 77)),
+            "transform.image_size": (datamodule.transform.image_size, vision.get("image_size")),
+        }
+        for option, (data, model) in pairs.items():
+            if isinstance(model, int) and data != model:
+                raise ConfigError(
+                    f"data.{option} is {data} but model {self.model_name!r} expects {model}; "
+                    "set them equal"
+                )
+
+    def trainable_model(self) -> nn.Module:
+        return self.model
+
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """L2-normalised image embeddings: the space zero-shot and retrieval use."""
+        return self.model.encode_image(batch["image"], normalize=True)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model(batch["image"], batch["text"])
+        loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # exp of the learnt log-scale: the inverse softmax temperature, at most 100
+        self.log("train/logit_scale", out["logit_scale"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    # --- evaluation: retrieval on image-text sets, zero-shot top-1 on labelled sets -----------
+    def on_validation_epoch_start(self) -> None:
+        self._start_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation("test")
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._evaluate(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_retrieval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval("test")
+
+    def _start_evaluation(self, split: str) -> None:
+        """Empty the embedding stores; embed the zero-shot prompts with the current weights."""
+        datamodule = self.trainer.datamodule
+        zeroshot = datamodule.zeroshot_names if split == "val" else []
+        self._embeddings = {
+            name: {"image": [], "text": [], "tokens": []}
+            for name in datamodule.eval_names(split)
+            if name not in zeroshot
+        }
+        tokenizer = datamodule.tokenizer()
+        self._classifiers = {
+            name: open_clip.build_zero_shot_classifier(
+                self.model,
+                tokenizer,
+                datamodule.zeroshot_classes[name],
+                self.zeroshot_templates,
+                device=self.device,
+            ).float()
+            for name in zeroshot
+        }
+
+    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> None:
+        name = self.trainer.datamodule.eval_names(split)[dataloader_idx]
+        image = self.model.encode_image(batch["image"], normalize=True).float()
+        if name in self._classifiers:
+            metric = self.zeroshot_metrics[name]
+            metric.update(image @ self._classifiers[name], batch["label"])
+            self.log(
+                f"{split}/{name}/zeroshot_top1",
+                metric,
+                add_dataloader_idx=False,
+                on_epoch=True,
+                batch_size=len(batch["key"]),
+            )
+            return
+        store = self._embeddings[name]
+        store["image"].append(image)
+        store["text"].append(self.model.encode_text(batch["text"], normalize=True).float())
+        store["tokens"].append(batch["text"])
+
+    def _log_retrieval(self, split: str) -> None:
+        """Recall over each whole set: all ranks' embeddings gathered, not per-rank averages."""
+        embed_dim = self.open_clip_config["embed_dim"]
+        context = self.trainer.datamodule.context_length
+        for name, store in self._embeddings.items():
+            image = self._gather_rows(store["image"], (embed_dim,), torch.float32)
+            if len(image) == 0:
+                continue
+            text = self._gather_rows(store["text"], (embed_dim,), torch.float32)
+            tokens = self._gather_rows(store["tokens"], (context,), torch.long)
+            caption_ids = torch.unique(tokens, dim=0, return_inverse=True)[1]
+            for metric, value in retrieval_recall(image, text, caption_ids).items():
+                # identical on every rank; the sync only keeps Lightning's bookkeeping uniform
+                self.log(f"{split}/{name}/{metric}", value, sync_dist=True)
+        self._embeddings = {}
+
+    def _gather_rows(
+        self, parts: list[torch.Tensor], row_shape: tuple[int, ...], dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Every rank's rows in rank order; ranks may hold different counts (or none)."""
+        rows = torch.cat(parts) if parts else torch.empty(0, *row_shape, dtype=dtype)
+        rows = rows.to(self.device)
+        if self.trainer.world_size == 1:
+            return rows
+        counts = self.all_gather(torch.tensor(len(rows), device=self.device)).view(-1)
+        padded = rows.new_zeros(int(counts.max()), *row_shape)
+        padded[: len(rows)] = rows
+        gathered = self.all_gather(padded)
+        return torch.cat([part[:n] for part, n in zip(gathered, counts.tolist(), strict=True)])
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        """``open_clip_model.safetensors`` for ``open_clip.create_model_and_transforms(name,
+        pretrained=path)``, and for an inline config ``<model_name>.json`` to register first."""
+        weights = (directory / WEIGHTS_FILE).resolve()
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(weights))
+        card: dict[str, Any] = {
+            "library": "open_clip",
+            "model_name": self.model_name,
+            "model_config": self.model_config,
+            "weights": weights.name,
+        }
+        load = f"open_clip.create_model_and_transforms({self.model_name!r}, pretrained={str(weights)!r})"
+        if self.model_config is not None:
+            config = (directory / f"{self.model_name}.json").resolve()
+            config.write_text(json.dumps(self.model_config, indent=2))
+            card["config"] = config.name
+            load = f"open_clip.add_model_config({str(config)!r}); {load}"
+        return {**card, "load": load}
