@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from callbacks.data_audit import DataAudit
 from callbacks.export import ExportBackbone
 from datamodules.base import ShardDataModule
+from datamodules.builtin import BuiltinDataError
 from datamodules.errors import ConfigError
 from datamodules.pipeline import DataQualityError
 from lightning_modules.base import NoisyTrainingModule
@@ -60,10 +61,26 @@ def main(argv: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except (ConfigError, DataQualityError, FileNotFoundError) as err:
-        message = str(err).strip().splitlines()[-1] if "Traceback" in str(err) else str(err)
-        print(f"error: {message}", file=sys.stderr)
+    except Exception as err:
+        mistake = user_mistake(err)
+        if mistake is None:
+            raise
+        print(f"error: {mistake}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_mistake(err: BaseException) -> str | None:
+    """The message of a config or data mistake, also when a library wrapped it (jsonargparse
+    re-raises init errors as ValueError; a DataLoader re-raises worker errors with a traceback)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (ConfigError, DataQualityError, BuiltinDataError)):
+            text = str(seen).strip()
+            if "Traceback" in text:  # re-raised from a data-loader worker: keep the message
+                text = text.splitlines()[-1].split(f"{type(seen).__name__}: ", 1)[-1]
+            return text
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":

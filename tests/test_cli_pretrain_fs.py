@@ -1,0 +1,128 @@
+"""train.py as a user runs it: the FS quickstart, TensorBoard scalars, export, config mistakes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train
+from lightning_modules.pretrain_fs import SupervisedPretraining
+from tests.conftest import REPO, run_train
+
+QUICKSTART = "quickstart/pretrain_fs.yaml"
+
+
+def quick_args(builtin_root: Path, save_dir: Path, *extra: str) -> list[str]:
+    """The quickstart config, shrunk to a few steps on the tiny built-in shards."""
+    return [
+        "fit",
+        "--config",
+        QUICKSTART,
+        f"--data.init_args.builtin_root={builtin_root}",
+        "--data.init_args.epoch_samples=256",
+        "--data.init_args.batch_size=32",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_val_batches=2",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={save_dir}",
+        *extra,
+    ]
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_config_names_resolve_under_configs(tmp_path):
+    assert train.resolve_config_paths(["fit", "--config", QUICKSTART])[2] == str(
+        REPO / "configs" / QUICKSTART
+    )
+    assert train.resolve_config_paths([f"--config={QUICKSTART}"]) == [
+        f"--config={REPO / 'configs' / QUICKSTART}"
+    ]
+    local = tmp_path / "mine.yaml"
+    local.write_text("{}")
+    assert train.resolve_config_paths(["-c", str(local)]) == ["-c", str(local)]
+
+
+def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_path):
+    result = run_train(*quick_args(builtin_root, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "quickstart_pretrain_fs" / "version_0"
+    logged = scalars(run_dir)
+    for tag in (
+        "train/loss_step",
+        "train/lr",
+        "train/acc_observed",
+        "train/acc_clean",
+        "train/memorised",
+        "train/samples_per_s",
+        "noise/realised_rate",
+        "data/skipped_decode_error",
+        "val/val/top1",
+        "val/val/top5",
+    ):
+        assert tag in logged, f"{tag} missing from {sorted(logged)}"
+    assert len(logged["noise/realised_rate"]) == 2  # one value per epoch
+    assert 0.1 < logged["noise/realised_rate"][-1] < 0.3  # nominal 0.2 on 256 samples
+    assert (run_dir / "config.yaml").is_file()
+
+    card = json.loads((run_dir / "export" / "card.json").read_text())
+    assert card["data"]["noise"] == {"type": "symmetric", "ratio": 0.2, "expected_rate": 0.2}
+    assert card["backbone"]["library"] == "timm" and "val/val/top1" in card["metrics"]
+    weights = run_dir / "export" / card["backbone"]["weights"]
+    exported = timm.create_model(
+        "resnet18",
+        pretrained=True,
+        num_classes=0,
+        pretrained_cfg_overlay={"file": str(weights), "num_classes": 10},
+        layers=[1, 1, 1, 1],
+    ).eval()
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    module = SupervisedPretraining("resnet18", 10, model_kwargs={"layers": [1, 1, 1, 1]})
+    module.load_state_dict(checkpoint["state_dict"])
+    module.eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = module.features({"image": images})
+        assert torch.allclose(exported(images), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--model.init_args.model_name=resnet_does_not_exist", "is not a timm model"),
+        ("--data.init_args.noise_ratio=1.5", r"noise_ratio must be in \[0, 1\)"),
+        (
+            "--data.init_args.train_shards=/nowhere/train-{0000..0003}.tar",
+            "4 of 4 shards not found",
+        ),
+        ("--model.init_args.num_classes=7", "model.num_classes is 7 but data.num_classes is 10"),
+        ("--data.init_args.num_classes=7", "declares 10 classes"),
+    ],
+)
+def test_config_mistakes_stop_before_training_with_one_line(
+    builtin_root, tmp_path, capsys, override, message
+):
+    with pytest.raises(SystemExit) as stop:
+        train.main(quick_args(builtin_root, tmp_path, override))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
+
+
+def test_a_mistake_in_a_subprocess_prints_one_line(builtin_root, tmp_path):
+    result = run_train(*quick_args(builtin_root, tmp_path, "--data.init_args.noise_ratio=-0.1"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data.noise_ratio")
