@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.data_audit import DataAudit
 from callbacks.export import ExportBackbone
+from callbacks.spectrum_monitor import SpectrumMonitor
 from datamodules.base import ShardDataModule
 from datamodules.builtin import BuiltinDataError
 from datamodules.errors import ConfigError
@@ -48,6 +49,7 @@ class SuiteCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(DataAudit, "data_audit")
         parser.add_lightning_class_args(ExportBackbone, "export")
+        parser.add_lightning_class_args(SpectrumMonitor, "spectrum")
 
 
 def main(argv: list[str] | None = None) -> None:

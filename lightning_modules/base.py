@@ -78,6 +78,11 @@ class NoisyTrainingModule(L.LightningModule):
         """The module whose parameters are optimised."""
         raise NotImplementedError
 
+    @property
+    def feature_dim(self) -> int:
+        """D of :meth:`features`, known before the first batch (for the spectrum callback)."""
+        raise NotImplementedError
+
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
         """(B, D) features of a batch for the spectrum analysis."""
         raise NotImplementedError

@@ -129,12 +129,20 @@ class SupervisedPretraining(NoisyTrainingModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
+    @property
+    def feature_dim(self) -> int:
+        return self.model.num_features
+
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
         """Penultimate pooled features (``forward_head(pre_logits=True)``)."""
-        images = batch["image"]
+        return self._features_and_logits(batch["image"])[0]
+
+    def _features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One trunk pass, both heads: timm's pre-logits features and the logits."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        trunk = self.model.forward_features(images)
+        return self.model.forward_head(trunk, pre_logits=True), self.model.forward_head(trunk)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]
@@ -153,21 +161,23 @@ class SupervisedPretraining(NoisyTrainingModule):
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._evaluate(batch, "val", dataloader_idx)
+    ) -> dict:
+        return self._evaluate(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluate(batch, "test", dataloader_idx)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._evaluate(batch, "test", dataloader_idx)
 
-    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> None:
+    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> dict:
+        """Loss and top-1/top-5 per evaluation set; features go to the spectrum callback."""
         name = self.trainer.datamodule.eval_names(split)[dataloader_idx]
-        logits = self(batch["image"])
+        features, logits = self._features_and_logits(batch["image"])
         loss = F.cross_entropy(logits, batch["label"])
         log = {"add_dataloader_idx": False, "on_epoch": True, "batch_size": len(batch["key"])}
         self.log(f"{split}/{name}/loss", loss, sync_dist=True, **log)
         for metric_name, metric in self.val_metrics[name].items():
             metric.update(logits, batch["label"])
             self.log(f"{split}/{name}/{metric_name}", metric, **log)
+        return {"features": features}
 
     def export(self, directory: Path) -> dict[str, Any]:
         """``model.safetensors`` loadable by ``timm.create_model(..., pretrained_cfg_overlay=
