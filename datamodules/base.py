@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import lightning as L
 
-from datamodules.builtin import prepare_fashion_mnist
+from datamodules.builtin import builtin_dataset, prepare_builtin
 from datamodules.errors import ConfigError
 from datamodules.pipeline import EpochLoader, SampleFormat, ShardStream
 from datamodules.shards import ShardSpec, ShardSpecError, parse_shards
@@ -24,11 +24,15 @@ class ShardDataModule(L.LightningDataModule):
         val_shards: Validation shards: one spec, or ``{name: spec}`` for several sets, each
             evaluated and logged under its name.
         test_shards: Test shards, same form as ``val_shards``.
-        builtin: Use built-in real data instead of shards (``fashion_mnist``); written once
-            under ``builtin_root`` by ``prepare_data``. Shard options given explicitly win.
+        builtin: Use built-in real data instead of shards, written once under
+            ``builtin_root`` by ``prepare_data`` (see :mod:`datamodules.builtin`); shard options
+            given explicitly win. ``fashion_mnist`` (pre-training; both layouts), and the
+            classification-only downstream suites ``fmnist_heldout``, ``digits``,
+            ``lfw_faces`` (in-domain) and ``fmnist_shift`` (out-of-domain: test sets
+            ``clean``, ``rotate``, ``invert``, ``blur``, ``noise``, ``low_contrast``).
         builtin_root: Folder for the built-in shards.
-        builtin_source: Folder with the raw files of the built-in data (default: Debian's
-            ``dataset-fashion-mnist`` path or ``$FASHION_MNIST_DIR``).
+        builtin_source: Folder with the Fashion-MNIST idx files of the built-in data (default:
+            Debian's ``dataset-fashion-mnist`` path or ``$FASHION_MNIST_DIR``).
         batch_size: Samples per batch on each rank.
         eval_batch_size: Batch size for validation and test (default: ``batch_size``).
         num_workers: Data-loader worker processes per rank.
@@ -53,7 +57,7 @@ class ShardDataModule(L.LightningDataModule):
         train_shards: str | None = None,
         val_shards: Shards = None,
         test_shards: Shards = None,
-        builtin: Literal["fashion_mnist"] | None = None,
+        builtin: str | None = None,
         builtin_root: str = "data",
         builtin_source: str | None = None,
         batch_size: int = 64,
@@ -82,6 +86,12 @@ class ShardDataModule(L.LightningDataModule):
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.test_shards = test_shards
+        layouts = builtin_dataset(builtin).layouts if builtin is not None else ()
+        if builtin is not None and self.layout not in layouts:
+            raise ConfigError(
+                f"data.builtin: {builtin!r} has no {self.layout} layout, only "
+                f"{', '.join(layouts)}; pick a built-in dataset for this data module"
+            )
         self.builtin = builtin
         self.builtin_root = builtin_root
         self.builtin_source = builtin_source
@@ -113,8 +123,8 @@ class ShardDataModule(L.LightningDataModule):
 
     # --- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.builtin == "fashion_mnist":
-            prepare_fashion_mnist(self.builtin_root, self.builtin_source)
+        if self.builtin is not None:
+            prepare_builtin(self.builtin, self.builtin_root, self.builtin_source)
 
     def setup(self, stage: str | None = None) -> None:
         builtin = self._builtin_specs()
@@ -165,10 +175,10 @@ class ShardDataModule(L.LightningDataModule):
             )
         return batches
 
-    def _builtin_specs(self) -> dict[str, str]:
-        if self.builtin != "fashion_mnist":
+    def _builtin_specs(self) -> dict[str, str | dict[str, str]]:
+        if self.builtin is None:
             return {}
-        return prepare_fashion_mnist(self.builtin_root, self.builtin_source)[self.layout]
+        return prepare_builtin(self.builtin, self.builtin_root, self.builtin_source)[self.layout]
 
     def _parse(self, spec: str, option: str, weights: list[float] | None = None) -> ShardSpec:
         try:
