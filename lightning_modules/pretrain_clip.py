@@ -76,24 +76,30 @@ def make_clip_loss(rank: int, world_size: int) -> open_clip.ClipLoss:
 
 
 def retrieval_recall(
-    image: torch.Tensor, text: torch.Tensor, caption_ids: torch.Tensor, chunk: int = 1024
+    image: torch.Tensor, text: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024
 ) -> dict[str, torch.Tensor]:
     """Recall@k of paired embeddings (row i of each is one pair), image->text and text->image.
 
-    A query hits when one of its top-k candidates belongs to a pair with the same caption: copies
-    of one caption (templated or boilerplate web text) are the same answer, so the arbitrary
-    order among their equal scores never counts against the model.
+    Copies of one caption (templated or boilerplate web text) are one answer: image->text ranks
+    the distinct captions, and text->image counts every image paired with that caption as a hit.
+    Otherwise the top 5 could be five copies of one caption, tied in an arbitrary order.
     """
-    top_k = min(max(RECALL_AT), len(image))
+    distinct, caption_ids = torch.unique(tokens, dim=0, return_inverse=True)
+    rows = torch.arange(len(tokens), device=tokens.device)
+    first = torch.full((len(distinct),), len(tokens), device=tokens.device)
+    first = first.scatter_reduce(0, caption_ids, rows, reduce="amin")
+    directions = {
+        "image_to_text": (image, text[first], torch.arange(len(distinct), device=tokens.device)),
+        "text_to_image": (text, image, caption_ids),
+    }
     results = {}
-    for direction, queries, keys in (("image_to_text", image, text), ("text_to_image", text, image)):
+    for direction, (queries, keys, key_ids) in directions.items():
+        top_k = min(max(RECALL_AT), len(keys))
         hits = torch.cat(
             [
-                caption_ids[(block @ keys.T).topk(top_k, dim=1).indices]
-                == caption_ids[start : start + len(block), None]
-                for start, block in zip(
-                    range(0, len(queries), chunk), queries.split(chunk), strict=True
-                )
+                key_ids[(queries[start : start + chunk] @ keys.T).topk(top_k, dim=1).indices]
+                == caption_ids[start : start + chunk, None]
+                for start in range(0, len(queries), chunk)
             ]
         )
         for k in RECALL_AT:
@@ -170,6 +176,10 @@ class ContrastivePretraining(NoisyTrainingModule):
     def trainable_model(self) -> nn.Module:
         return self.model
 
+    @property
+    def feature_dim(self) -> int:
+        return self.open_clip_config["embed_dim"]
+
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
         """L2-normalised image embeddings: the space zero-shot and retrieval use."""
         return self.model.encode_image(batch["image"], normalize=True)
@@ -177,9 +187,10 @@ class ContrastivePretraining(NoisyTrainingModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.model(batch["image"], batch["text"])
         loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        size = len(batch["key"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         # exp of the learnt log-scale: the inverse softmax temperature, at most 100
-        self.log("train/logit_scale", out["logit_scale"], on_step=True, on_epoch=False)
+        self.log("train/logit_scale", out["logit_scale"], on_epoch=False, batch_size=size)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
@@ -196,11 +207,11 @@ class ContrastivePretraining(NoisyTrainingModule):
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._evaluate(batch, "val", dataloader_idx)
+    ) -> dict:
+        return self._evaluate(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluate(batch, "test", dataloader_idx)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._evaluate(batch, "test", dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")
@@ -229,7 +240,8 @@ class ContrastivePretraining(NoisyTrainingModule):
             for name in zeroshot
         }
 
-    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> None:
+    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> dict:
+        """Zero-shot accuracy or stored embeddings; features go to the spectrum callback."""
         name = self.trainer.datamodule.eval_names(split)[dataloader_idx]
         image = self.model.encode_image(batch["image"], normalize=True).float()
         if name in self._classifiers:
@@ -242,15 +254,16 @@ class ContrastivePretraining(NoisyTrainingModule):
                 on_epoch=True,
                 batch_size=len(batch["key"]),
             )
-            return
-        store = self._embeddings[name]
-        store["image"].append(image)
-        store["text"].append(self.model.encode_text(batch["text"], normalize=True).float())
-        store["tokens"].append(batch["text"])
+        else:
+            store = self._embeddings[name]
+            store["image"].append(image)
+            store["text"].append(self.model.encode_text(batch["text"], normalize=True).float())
+            store["tokens"].append(batch["text"])
+        return {"features": image}
 
     def _log_retrieval(self, split: str) -> None:
         """Recall over each whole set: all ranks' embeddings gathered, not per-rank averages."""
-        embed_dim = self.open_clip_config["embed_dim"]
+        embed_dim = self.feature_dim
         context = self.trainer.datamodule.context_length
         for name, store in self._embeddings.items():
             image = self._gather_rows(store["image"], (embed_dim,), torch.float32)
@@ -258,8 +271,7 @@ class ContrastivePretraining(NoisyTrainingModule):
                 continue
             text = self._gather_rows(store["text"], (embed_dim,), torch.float32)
             tokens = self._gather_rows(store["tokens"], (context,), torch.long)
-            caption_ids = torch.unique(tokens, dim=0, return_inverse=True)[1]
-            for metric, value in retrieval_recall(image, text, caption_ids).items():
+            for metric, value in retrieval_recall(image, text, tokens).items():
                 # identical on every rank; the sync only keeps Lightning's bookkeeping uniform
                 self.log(f"{split}/{name}/{metric}", value, sync_dist=True)
         self._embeddings = {}
@@ -290,7 +302,10 @@ class ContrastivePretraining(NoisyTrainingModule):
             "model_config": self.model_config,
             "weights": weights.name,
         }
-        load = f"open_clip.create_model_and_transforms({self.model_name!r}, pretrained={str(weights)!r})"
+        load = (
+            f"open_clip.create_model_and_transforms({self.model_name!r}, "
+            f"pretrained={str(weights)!r})"
+        )
         if self.model_config is not None:
             config = (directory / f"{self.model_name}.json").resolve()
             config.write_text(json.dumps(self.model_config, indent=2))
