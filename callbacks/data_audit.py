@@ -34,7 +34,8 @@ class DataAudit(L.Callback):
     ) -> None:
         self.counts[0] += float(batch["is_noisy"].sum())
         self.counts[1] += len(batch["key"])
-        self.counts[2:] += batch["skipped"].to(self.counts)
+        if "skipped" in batch:  # cached features and embeddings have nothing left to skip
+            self.counts[2:] += batch["skipped"].to(self.counts)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         totals = trainer.strategy.reduce(self.counts.to(pl_module.device), reduce_op="sum")

@@ -48,6 +48,9 @@ class ShardDataModule(L.LightningDataModule):
             the samples read is skipped (undecodable, missing key, bad label, duplicate key).
         allow_shard_commands: Allow shard URLs that make webdataset run a command (``pipe:``,
             ``http(s)`` through curl, ``gs``/``s3`` through their CLIs). Off: only local files.
+        test_in_validation: Also evaluate the test sets at every validation epoch, each logged
+            under its own name, so one ``fit`` reports the held-out or shifted test sets (the
+            adaptation configs do this; ``train.py test`` evaluates them on their own).
     """
 
     layout: ClassVar[str]
@@ -71,6 +74,7 @@ class ShardDataModule(L.LightningDataModule):
         epoch_samples: int | None = None,
         max_skip_fraction: float = 0.01,
         allow_shard_commands: bool = False,
+        test_in_validation: bool = False,
     ) -> None:
         super().__init__()
         _require(batch_size >= 1, "batch_size", batch_size, "a positive integer")
@@ -106,6 +110,7 @@ class ShardDataModule(L.LightningDataModule):
         self.epoch_samples = epoch_samples
         self.max_skip_fraction = max_skip_fraction
         self.allow_shard_commands = allow_shard_commands
+        self.test_in_validation = test_in_validation
         self.train_spec: ShardSpec | None = None
         self.eval_specs: dict[str, dict[str, ShardSpec]] = {"val": {}, "test": {}}
 
@@ -134,12 +139,17 @@ class ShardDataModule(L.LightningDataModule):
         if stage in (None, "fit"):
             if not train:
                 raise ShardSpecError(
-                    "data.train_shards is not set: give a shard spec, or `builtin: fashion_mnist`"
+                    "data.train_shards is not set: give a shard spec, or a `builtin` data set"
                 )
             self.train_spec = self._parse(train, "train_shards", self.source_weights)
             self.batches_per_rank()  # fail now, not at the first epoch
         self.eval_specs["val"] = self._parse_named(val, "val_shards")
         self.eval_specs["test"] = self._parse_named(test, "test_shards")
+        if self.test_in_validation:
+            for name, spec in self.eval_specs["test"].items():
+                self.eval_specs["val"][
+                    name if name not in self.eval_specs["val"] else f"test_{name}"
+                ] = spec
 
     def train_dataloader(self) -> EpochLoader:
         assert self.train_spec is not None, "setup('fit') must run first"

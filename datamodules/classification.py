@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
 from datamodules.base import ShardDataModule
 from datamodules.errors import ConfigError
+from datamodules.features import (
+    EvaluationFeatures,
+    FeatureRows,
+    TrainingFeatures,
+    cache_key,
+    cached_part,
+    extract,
+    load_all_parts,
+)
 from datamodules.formats import ClassificationFormat, LabelNoise
 from datamodules.noise import AsymmetricLabelNoise, SymmetricLabelNoise
+from datamodules.pipeline import EpochLoader, ShardStream
 from datamodules.shards import ShardSpec, ShardSpecError, read_info
 
 
@@ -25,6 +41,9 @@ class ClassificationDataModule(ShardDataModule):
         noise_transitions: For asymmetric noise: ``cifar10`` or a JSON file mapping source
             class to target class, e.g. ``{"3": 5, "5": 3}``.
         label_key: File extension of the label inside the shards.
+        train_views: Training views cached when a frozen backbone's features are cached: 1 uses
+            the evaluation transform (no augmentation, as CLIP_benchmark's linear probe); K >= 2
+            caches K passes with the training augmentation, one drawn per sample and step.
         **kwargs: Shard, loader and transform options of :class:`ShardDataModule`.
     """
 
@@ -38,13 +57,18 @@ class ClassificationDataModule(ShardDataModule):
         noise_include_true_class: bool = False,
         noise_transitions: str | None = None,
         label_key: str = "cls",
+        train_views: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if train_views < 1:
+            raise ConfigError(f"data.train_views must be at least 1, got {train_views}")
         self.num_classes = num_classes
         self.label_key = label_key
+        self.train_views = train_views
+        self.cached: dict[str, Any] | None = None
         self.class_names: list[str] | None = None
-        self.noise = _make_label_noise(
+        self.noise = make_label_noise(
             label_noise,
             noise_ratio,
             num_classes,
@@ -53,20 +77,83 @@ class ClassificationDataModule(ShardDataModule):
             noise_transitions,
         )
 
-    def sample_format(self, training: bool) -> ClassificationFormat:
+    def sample_format(self, training: bool, noisy: bool | None = None) -> ClassificationFormat:
+        """Augmented and noisy for training; ``noisy=False`` gives clean labels (caching)."""
         return ClassificationFormat(
             self.num_classes,
             self.transform.build(training),
-            label_noise=self.noise if training else None,
+            label_noise=self.noise if (training if noisy is None else noisy) else None,
             label_key=self.label_key,
         )
 
+    # --- frozen-backbone features ---------------------------------------------------------
+    def use_cached_features(
+        self, backbone: nn.Module, cache_dir: str, device: torch.device, two_views: bool = False
+    ) -> None:
+        """Extract every split once through the frozen ``backbone`` (reused from the disk
+        cache when nothing changed), then serve feature tensors instead of images."""
+        rank, world = self._rank_world()
+        backbone.to(device)
+
+        def part(spec: ShardSpec, augment: bool, view: int) -> tuple[Path, FeatureRows]:
+            key = cache_key(
+                backbone=backbone.identity,
+                shards=spec.spec,
+                transform=asdict(self.transform),
+                augment=augment,
+                view=view,
+                label_key=self.label_key,
+            )
+            stream = ShardStream(
+                spec,
+                self.sample_format(augment, noisy=False),
+                self.eval_batch_size,
+                training=False,
+                rank=rank,
+                world_size=world,
+                max_skip_fraction=self.max_skip_fraction,
+            )
+            loader = EpochLoader(stream, self.num_workers)
+            desc = f"features of {Path(spec.urls[0]).parent.name} (view {view})"
+            folder = Path(cache_dir) / key
+            return folder, cached_part(
+                folder, rank, world, lambda: extract(loader, backbone, device, desc)
+            )
+
+        augment = self.train_views > 1
+        train_folders = (
+            [part(self.train_spec, augment, view)[0] for view in range(self.train_views)]
+            if self.train_spec is not None
+            else []
+        )
+        evaluation = {
+            split: {
+                name: EvaluationFeatures(part(spec, False, 0)[1]) for name, spec in specs.items()
+            }
+            for split, specs in self.eval_specs.items()
+        }
+        if self.trainer is not None:
+            self.trainer.strategy.barrier("feature cache")
+        views = [load_all_parts(folder, world) for folder in train_folders]
+        train = TrainingFeatures(views, self.noise, two_views) if views else None
+        self.cached = {"train": train, **evaluation}
+
+    def train_dataloader(self) -> DataLoader:
+        if self.cached is None:
+            return super().train_dataloader()
+        return DataLoader(self.cached["train"], self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._cached_loaders("val") if self.cached else super().val_dataloader()
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._cached_loaders("test") if self.cached else super().test_dataloader()
+
+    def _cached_loaders(self, split: str) -> list[DataLoader]:
+        return [DataLoader(rows, self.eval_batch_size) for rows in self.cached[split].values()]
+
     def noise_summary(self) -> dict[str, Any]:
-        if self.noise is None:
-            return {"type": "none", "ratio": 0.0, "expected_rate": 0.0}
-        kind = "symmetric" if isinstance(self.noise, SymmetricLabelNoise) else "asymmetric"
-        expected = getattr(self.noise, "expected_rate", self.noise.ratio)
-        return {"type": kind, "ratio": self.noise.ratio, "expected_rate": expected}
+        return noise_summary(self.noise)
 
     def check_shards(self, spec: ShardSpec) -> None:
         info = read_info(spec.urls)
@@ -79,7 +166,19 @@ class ClassificationDataModule(ShardDataModule):
         self.class_names = info.get("class_names", self.class_names)
 
 
-def _make_label_noise(
+def noise_summary(noise: LabelNoise | None) -> dict[str, Any]:
+    """Type, nominal ratio and expected realised rate of a label noise (for logs and cards)."""
+    if noise is None:
+        return {"type": "none", "ratio": 0.0, "expected_rate": 0.0}
+    kind = "symmetric" if isinstance(noise, SymmetricLabelNoise) else "asymmetric"
+    return {
+        "type": kind,
+        "ratio": noise.ratio,
+        "expected_rate": getattr(noise, "expected_rate", noise.ratio),
+    }
+
+
+def make_label_noise(
     kind: str,
     ratio: float,
     num_classes: int,

@@ -174,27 +174,32 @@ class NMTuneLossWeights:
 
 
 def nmtune_regularizer(
-    features: Tensor, transformed: Tensor, weights: NMTuneLossWeights
+    features: Tensor,
+    transformed: Tensor,
+    weights: NMTuneLossWeights,
+    rows: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """All three NMTune terms plus their weighted sum.
 
-    total = w_cons * consistency(F, Z) + w_cov * covariance(Z) + w_svd * dominant_singular(Z)
+    total = w_cons * consistency(F, Z) + w_cov * covariance(R) + w_svd * dominant_singular(R)
 
-    Returns raw (unweighted) ``"consistency"``, ``"covariance"``, ``"dominant_singular"`` for
-    logging and the weighted ``"total"`` to add to the task loss. Terms whose weight is 0 are
-    still reported but computed without autograd and left out of ``total``. The caller chooses
-    the rows: the official code compares Z of a strong view with F of a weak view and applies
-    the covariance/SVD terms to Z of both views concatenated.
+    with R = ``rows`` (default: Z). Returns raw (unweighted) ``"consistency"``,
+    ``"covariance"``, ``"dominant_singular"`` for logging and the weighted ``"total"`` to add
+    to the task loss. Terms whose weight is 0 are still reported but computed without autograd
+    and left out of ``total``. The caller chooses the rows: the official code compares Z of a
+    strong view with F of a weak view and applies the covariance/SVD terms to Z of both views
+    concatenated.
     """
+    batch_rows = transformed if rows is None else rows
     terms = {
         "consistency": (
             weights.consistency,
             lambda: consistency_loss(features, transformed, weights.consistency_reduction),
         ),
-        "covariance": (weights.covariance, lambda: covariance_loss(transformed)),
+        "covariance": (weights.covariance, lambda: covariance_loss(batch_rows)),
         "dominant_singular": (
             weights.dominant_singular,
-            lambda: dominant_singular_loss(transformed, weights.top_k),
+            lambda: dominant_singular_loss(batch_rows, weights.top_k),
         ),
     }
     out: dict[str, Tensor] = {}

@@ -1,0 +1,289 @@
+"""Downstream adaptation of a (noisily) pre-trained backbone: LP, MLP, NMTune, LoRA, FT.
+
+One module, one training story for every method; they differ only in which parameters train
+and which loss terms are on:
+
+=========  ===========================  ================================  =====================
+method     trains                       features the classifier sees      loss
+=========  ===========================  ================================  =====================
+lp         Linear head                  frozen backbone F                 CE
+mlp        residual MLP + head          Z = s * MLP(F) + F                CE
+nmtune     residual MLP + head          Z = s * MLP(F) + F                CE + NMTune terms
+lora       LoRA adapters (peft) + head  adapted backbone                  CE (+ COV, SVD terms)
+ft         whole backbone + head        fine-tuned backbone               CE (+ COV, SVD terms)
+=========  ===========================  ================================  =====================
+
+Frozen methods train on cached features by default (see ``datamodules/features.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from datamodules.errors import ConfigError
+from lightning_modules.backbones import Backbone, BackboneConfig
+from lightning_modules.base import NoisyTrainingModule, OptimizerConfig
+from lightning_modules.heads import ResidualMLP
+from lightning_modules.lora import LoraConfig, add_lora
+from lightning_modules.regularizers import NMTuneLossWeights, nmtune_regularizer
+
+Method = Literal["lp", "mlp", "nmtune", "lora", "ft"]
+FROZEN_METHODS = ("lp", "mlp", "nmtune")
+
+
+@dataclass(frozen=True)
+class NMTuneConfig:
+    """NMTune head and regulariser weights.
+
+    Args:
+        preset: ``paper`` (lambda 0.01 on MSE, COV and SVD, top-1 singular value, per-sample
+            MSE; the default, as the paper specifies) or ``official_code`` (1.0 / 0.04 / 0.001,
+            top-5, element-wise MSE, as the public repository runs).
+        consistency: Override the preset's MSE weight.
+        covariance: Override the preset's COV weight.
+        dominant_singular: Override the preset's SVD weight.
+        top_k: Override the number of leading singular values in the SVD term.
+        mlp_ratio: Hidden width of the residual MLP as a multiple of D.
+        scale_init: Initial per-dimension scale of the residual branch.
+        two_views: The official code's variant: CE on two augmented views, MSE between Z of
+            the second and F of the first (needs ``data`` with ``train_views >= 2``).
+    """
+
+    preset: Literal["paper", "official_code"] = "paper"
+    consistency: float | None = None
+    covariance: float | None = None
+    dominant_singular: float | None = None
+    top_k: int | None = None
+    mlp_ratio: int = 4
+    scale_init: float = 1.0
+    two_views: bool = False
+
+    def weights(self) -> NMTuneLossWeights:
+        base = (
+            NMTuneLossWeights.paper()
+            if self.preset == "paper"
+            else NMTuneLossWeights.official_code()
+        )
+        overrides = {
+            name: value
+            for name in ("consistency", "covariance", "dominant_singular", "top_k")
+            if (value := getattr(self, name)) is not None
+        }
+        return replace(base, **overrides)
+
+
+class Adaptation(NoisyTrainingModule):
+    """Adapt a backbone to a downstream classification task.
+
+    Args:
+        method: ``lp``, ``mlp``, ``nmtune``, ``lora`` or ``ft``.
+        num_classes: Classes of the downstream task.
+        backbone: Where the backbone comes from (an export card of this suite, a timm or
+            open_clip model, or none when the data already are embeddings).
+        nmtune: NMTune head and loss options (``method: nmtune``; ``mlp`` uses its head only).
+        lora: LoRA options (``method: lora``).
+        backbone_regularizer: For ``lora``/``ft``: add the NMTune covariance and
+            dominant-singular-value terms on the backbone features (the paper's extension).
+        backbone_lr_scale: For ``ft``: backbone learning rate as a fraction of the head's.
+        cache_features: Frozen methods train on features extracted once (False: run the
+            backbone every step, as the official code does).
+        cache_dir: Where cached features are written.
+        optimizer: Optimiser and schedule (official: AdamW, cosine; LP lr 0.01, NMTune 1e-3).
+    """
+
+    def __init__(
+        self,
+        method: Method = "nmtune",
+        num_classes: int = 10,
+        backbone: BackboneConfig = BackboneConfig(),
+        nmtune: NMTuneConfig = NMTuneConfig(),
+        lora: LoraConfig = LoraConfig(),
+        backbone_regularizer: bool = False,
+        backbone_lr_scale: float = 0.1,
+        cache_features: bool = True,
+        cache_dir: str = "cache/features",
+        optimizer: OptimizerConfig = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=1e-4),
+    ) -> None:
+        super().__init__(optimizer)
+        if method not in ("lp", "mlp", "nmtune", "lora", "ft"):
+            raise ConfigError(f"model.method must be lp, mlp, nmtune, lora or ft, got {method!r}")
+        if num_classes < 2:
+            raise ConfigError(f"model.num_classes must be at least 2, got {num_classes}")
+        self.method = method
+        self.num_classes = num_classes
+        self.backbone_config = backbone
+        self.nmtune_config = nmtune
+        self.regularizer_weights = _regularizer_weights(method, nmtune, backbone_regularizer)
+        self.backbone_lr_scale = backbone_lr_scale
+        self.cache_features = cache_features and method in FROZEN_METHODS
+        self.cache_dir = cache_dir
+        self.backbone: Backbone | None = backbone.build(frozen=method in FROZEN_METHODS)
+        if method == "lora":
+            if self.backbone is None:
+                raise ConfigError("method lora needs a backbone (model.backbone), not embeddings")
+            add_lora(self.backbone, lora)
+        if method == "ft" and self.backbone is None:
+            raise ConfigError("method ft needs a backbone (model.backbone), not embeddings")
+        self.transform: ResidualMLP | None = None
+        self.classifier: nn.Linear | None = None
+        if self.backbone is not None:
+            self._build_head(self.backbone.dim)
+        self.eval_metrics = nn.ModuleDict()
+        self.save_hyperparameters(
+            {"method": method, "num_classes": num_classes, "backbone": asdict(backbone)}
+        )
+
+    # --- construction -------------------------------------------------------------------
+    def _build_head(self, dim: int) -> None:
+        if self.method in ("mlp", "nmtune"):
+            self.transform = ResidualMLP(
+                dim, self.nmtune_config.mlp_ratio, self.nmtune_config.scale_init
+            )
+        self.classifier = nn.Linear(dim, self.num_classes)
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        declared = getattr(datamodule, "num_classes", self.num_classes)
+        if declared != self.num_classes:
+            raise ConfigError(
+                f"model.num_classes is {self.num_classes} but data.num_classes is {declared}"
+            )
+        if self.backbone is None:
+            if self.classifier is None:
+                self._build_head(datamodule.embedding_dim)
+        elif self.cache_features:
+            datamodule.use_cached_features(
+                self.backbone,
+                self.cache_dir,
+                self.trainer.strategy.root_device,
+                two_views=self.nmtune_config.two_views,
+            )
+        two_view_data = self.cache_features and getattr(datamodule, "train_views", 1) >= 2
+        if self.nmtune_config.two_views and not two_view_data:
+            raise ConfigError(
+                "model.nmtune.two_views needs cached features with data.train_views >= 2"
+            )
+        for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
+            self.eval_metrics[name] = nn.ModuleDict(
+                {
+                    "acc": MulticlassAccuracy(self.num_classes, average="micro"),
+                    "f1": MulticlassF1Score(self.num_classes, average="macro"),
+                }
+            )
+
+    def trainable_model(self) -> nn.Module:
+        return self
+
+    @property
+    def feature_dim(self) -> int:
+        return self.classifier.in_features
+
+    # --- the training story -------------------------------------------------------------
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """What the classifier sees: Z for MLP/NMTune, backbone features otherwise."""
+        return self._transform(self._backbone_features(batch))
+
+    def _backbone_features(self, batch: dict[str, Any], key: str = "features") -> torch.Tensor:
+        """Cached features when the batch has them, else the backbone on the images."""
+        if key in batch:
+            return batch[key]
+        with torch.set_grad_enabled(self.method not in FROZEN_METHODS and torch.is_grad_enabled()):
+            return self.backbone(batch["image"])
+
+    def _transform(self, features: torch.Tensor) -> torch.Tensor:
+        return features if self.transform is None else self.transform(features)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        features = self._backbone_features(batch)
+        transformed = self._transform(features)
+        rows, labels = transformed, batch["label"]
+        if self.nmtune_config.two_views:  # CE on both views; MSE between Z(strong) and F(weak)
+            transformed = self._transform(self._backbone_features(batch, "features_strong"))
+            rows, labels = torch.cat([rows, transformed]), torch.cat([labels, labels])
+        loss = F.cross_entropy(self.classifier(rows), labels)
+        self.log("train/ce", loss, on_step=True, on_epoch=True, prog_bar=True)
+        if self.regularizer_weights is not None:
+            terms = nmtune_regularizer(features, transformed, self.regularizer_weights, rows)
+            for name, value in terms.items():
+                self.log(f"train/reg_{name}", value, on_step=False, on_epoch=True)
+            loss = loss + terms["total"]
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict:
+        return self._evaluate(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._evaluate(batch, "test", dataloader_idx)
+
+    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> dict:
+        """Accuracy and macro F1 per evaluation set; Z (or F) goes to the spectrum callback."""
+        name = self.trainer.datamodule.eval_names(split)[dataloader_idx]
+        transformed = self.features(batch)
+        logits = self.classifier(transformed)
+        log = {"add_dataloader_idx": False, "on_epoch": True, "batch_size": len(batch["key"])}
+        self.log(
+            f"{split}/{name}/loss", F.cross_entropy(logits, batch["label"]), sync_dist=True, **log
+        )
+        for metric_name, metric in self.eval_metrics[name].items():
+            metric.update(logits, batch["label"])
+            self.log(f"{split}/{name}/{metric_name}", metric, **log)
+        return {"features": transformed}
+
+    # --- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.method in FROZEN_METHODS and self.backbone is not None:
+            self.backbone.requires_grad_(False)
+        config = super().configure_optimizers()
+        if self.method == "ft":
+            backbone_ids = {id(p) for p in self.backbone.parameters()}
+            for group in config["optimizer"].param_groups:
+                if any(id(p) in backbone_ids for p in group["params"]):
+                    group["lr"] *= self.backbone_lr_scale
+                    group["initial_lr"] = group["lr"]
+        return config
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.method in FROZEN_METHODS and self.backbone is not None:
+            self.backbone.eval()  # frozen statistics; the MLP's BatchNorm still trains
+
+    # --- export ---------------------------------------------------------------------------
+    def export(self, directory: Path) -> dict[str, Any]:
+        """The trained parameters (head, MLP, adapters or the whole backbone)."""
+        path = (directory / "adapted.safetensors").resolve()
+        trainable = {
+            name: param.detach().cpu().contiguous()
+            for name, param in self.named_parameters()
+            if param.requires_grad
+        }
+        save_file(trainable, str(path))
+        return {
+            "method": self.method,
+            "backbone": json.loads(json.dumps(asdict(self.backbone_config))),
+            "num_classes": self.num_classes,
+            "weights": path.name,
+        }
+
+
+def _regularizer_weights(
+    method: str, nmtune: NMTuneConfig, backbone_regularizer: bool
+) -> NMTuneLossWeights | None:
+    """NMTune's three terms for ``nmtune``; COV and SVD only (no frozen F to stay close to)
+    on the backbone features of ``lora``/``ft`` when asked; nothing otherwise."""
+    if method == "nmtune":
+        return nmtune.weights()
+    if method in ("lora", "ft") and backbone_regularizer:
+        return replace(nmtune.weights(), consistency=0.0)
+    return None

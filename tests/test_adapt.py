@@ -1,0 +1,190 @@
+"""Adaptation: each method trains only its parameters; feature cache; embeddings; errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from callbacks.export import write_card
+from callbacks.spectrum_monitor import SpectrumMonitor
+from datamodules.classification import ClassificationDataModule
+from datamodules.embeddings import EmbeddingDataModule
+from datamodules.errors import ConfigError
+from datamodules.transforms import TransformConfig
+from lightning_modules.adapt import Adaptation, NMTuneConfig
+from lightning_modules.backbones import BackboneConfig
+from lightning_modules.base import OptimizerConfig
+from lightning_modules.pretrain_fs import SupervisedPretraining
+from tests.conftest import run_train
+
+TINY_VIT = {"img_size": 16, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+def export_card(folder: Path, model_name: str, model_kwargs: dict) -> Path:
+    """A backbone exported as the pre-training runs export it."""
+    torch.manual_seed(0)
+    module = SupervisedPretraining(model_name, 10, model_kwargs=model_kwargs)
+    return write_card(module, None, folder, epochs=0, metrics={})
+
+
+@pytest.fixture(scope="module")
+def resnet_card(tmp_path_factory) -> Path:
+    return export_card(tmp_path_factory.mktemp("rn"), "resnet18", {"layers": [1, 1, 1, 1]})
+
+
+@pytest.fixture(scope="module")
+def vit_card(tmp_path_factory) -> Path:
+    return export_card(tmp_path_factory.mktemp("vit"), "vit_tiny_patch16_224", TINY_VIT)
+
+
+def data_module(spec: str, image_size: int = 16, **options) -> ClassificationDataModule:
+    return ClassificationDataModule(
+        num_classes=10,
+        train_shards=spec,
+        val_shards={"val": spec},
+        batch_size=8,
+        num_workers=0,
+        transform=TransformConfig(image_size=image_size, crop_pct=1.0),
+        **options,
+    )
+
+
+def fit(module: Adaptation, data, epochs: int = 1, batches: int = 3) -> dict[str, float]:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=2,
+        callbacks=[SpectrumMonitor(log_plots=False)],
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=data)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def changed(before: dict, module: torch.nn.Module) -> set[str]:
+    return {n for n, p in module.state_dict().items() if not torch.equal(before[n], p)}
+
+
+@pytest.mark.parametrize(
+    ("method", "card", "trained"),
+    [
+        ("lp", "resnet_card", {"classifier"}),
+        ("mlp", "resnet_card", {"classifier", "transform"}),
+        ("nmtune", "resnet_card", {"classifier", "transform"}),
+        ("lora", "vit_card", {"classifier", "lora_"}),
+        ("ft", "resnet_card", {"classifier", "backbone"}),
+    ],
+)
+def test_each_method_trains_only_its_parameters(
+    method, card, trained, make_shards, tmp_path, request
+):
+    module = Adaptation(
+        method,
+        10,
+        BackboneConfig(card=str(request.getfixturevalue(card))),
+        cache_dir=str(tmp_path / "cache"),
+        optimizer=OptimizerConfig(lr=0.01, weight_decay=0.0),
+    )
+    before = {n: p.clone() for n, p in module.state_dict().items()}
+    metrics = fit(module, data_module(make_shards([24, 24])))
+    moved = changed(before, module)
+    groups = {"lora_" if "lora_" in n else n.split(".")[0] for n in moved if "running_" not in n}
+    groups.discard("num_batches_tracked")
+    assert groups == trained, moved
+    for name in ("val/val/acc", "val/val/f1", "spectrum/val/sve", "spectrum/val/lsvr"):
+        assert name in metrics
+    if method == "nmtune":
+        assert "train/reg_covariance" in metrics and "train/reg_total" in metrics
+
+
+def test_feature_cache_is_reused_and_rebuilt_when_inputs_change(resnet_card, make_shards, tmp_path):
+    spec = make_shards([16, 16])
+    cache = tmp_path / "cache"
+
+    def run(card: Path, image_size: int) -> set[Path]:
+        fit(
+            Adaptation("lp", 10, BackboneConfig(card=str(card)), cache_dir=str(cache)),
+            data_module(spec, image_size),
+            batches=1,
+        )
+        return {p.parent for p in cache.rglob("part-0-of-1.pt")}
+
+    first = run(resnet_card, 16)
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.pt")}
+    assert run(resnet_card, 16) == first  # nothing changed: same folders
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.pt")} == stamps  # not rewritten
+    resized = run(resnet_card, 24) - first
+    # train and val are the same shards here and share one entry, extracted once
+    assert len(first) == 1 and len(resized) == 1  # a new transform: extracted again
+    other = export_card(tmp_path / "other", "resnet18", {"layers": [1, 1, 1, 1]})
+    weights = json.loads(other.read_text())["backbone"]["weights"]
+    tensors = load_file(other.parent / weights)
+    tensors = {k: v + 0.01 if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(tensors, other.parent / weights)
+    assert len(run(other, 16) - first - resized) == 1  # new weights: new features
+
+
+def write_embeddings(path: Path, n: int, dim: int, classes: int, seed: int = 0) -> str:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    centers = torch.randn(classes, dim, generator=generator) * 3
+    features = centers[labels] + torch.randn(n, dim, generator=generator)
+    torch.save({"features": features, "labels": labels}, path)
+    return str(path)
+
+
+def test_black_box_embeddings_end_to_end(tmp_path):
+    data = EmbeddingDataModule(
+        train=write_embeddings(tmp_path / "train.pt", 200, 12, 4),
+        val={"val": write_embeddings(tmp_path / "val.pt", 40, 12, 4, seed=0)},
+        num_classes=4,
+        label_noise="symmetric",
+        noise_ratio=0.2,
+        batch_size=32,
+    )
+    module = Adaptation(
+        "nmtune",
+        4,
+        BackboneConfig(),
+        nmtune=NMTuneConfig(mlp_ratio=2),
+        optimizer=OptimizerConfig(lr=0.01, weight_decay=1e-4),
+    )
+    metrics = fit(module, data, epochs=10, batches=6)
+    assert metrics["val/val/acc"] > 0.9 and "spectrum/val/sve" in metrics
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"train": (200, 12, 4), "val": (40, 8, 4)}, "dimension 8, the training embeddings 12"),
+        ({"train": (200, 12, 4), "val": (40, 12, 6)}, r"labels span \[0, 5\] but num_classes is 4"),
+        ({"train": (200, 12, 3), "val": (40, 12, 4)}, r"classes \[3\] never occur"),
+    ],
+)
+def test_bad_embeddings_stop_before_training(tmp_path, files, message):
+    paths = {
+        split: write_embeddings(tmp_path / f"{split}.pt", *shape) for split, shape in files.items()
+    }
+    data = EmbeddingDataModule(train=paths["train"], val=paths["val"], num_classes=4)
+    with pytest.raises(ConfigError, match=message):
+        data.setup("fit")
+
+
+def test_unknown_method_is_a_one_line_error(tmp_path):
+    result = run_train(
+        "fit",
+        "--config",
+        "quickstart/nmtune_ood.yaml",
+        "--model.init_args.method=linear",
+    )
+    assert result.returncode == 2 and "method" in result.stderr.splitlines()[-1]
