@@ -114,7 +114,8 @@ class ClassificationDataModule(ShardDataModule):
                 max_skip_fraction=self.max_skip_fraction,
             )
             loader = EpochLoader(stream, self.num_workers)
-            desc = f"features of {Path(spec.urls[0]).parent.name} (view {view})"
+            split_name = Path(spec.urls[0]).name.rsplit("-", 1)[0]
+            desc = f"features of {split_name} (view {view}, rank {rank})"
             folder = Path(cache_dir) / key
             return folder, cached_part(
                 folder, rank, world, lambda: extract(loader, backbone, device, desc)

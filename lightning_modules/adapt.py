@@ -19,6 +19,7 @@ Frozen methods train on cached features by default (see ``datamodules/features.p
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -160,7 +161,13 @@ class Adaptation(NoisyTrainingModule):
         if self.backbone is None:
             if self.classifier is None:
                 self._build_head(datamodule.embedding_dim)
-        elif self.cache_features:
+        elif datamodule.transform.normalization != self.backbone.normalization:
+            warnings.warn(
+                f"data.transform.normalization is {datamodule.transform.normalization!r} but the "
+                f"backbone expects {self.backbone.normalization!r}",
+                stacklevel=2,
+            )
+        if self.backbone is not None and self.cache_features:
             datamodule.use_cached_features(
                 self.backbone,
                 self.cache_dir,

@@ -32,6 +32,7 @@ def quick_args(builtin_root: Path, save_dir: Path, *extra: str) -> list[str]:
         "--trainer.log_every_n_steps=1",
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={save_dir}",
+        f"--export.dirpath={save_dir / 'export'}",
         *extra,
     ]
 
@@ -76,10 +77,10 @@ def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_pat
     assert 0.1 < logged["noise/realised_rate"][-1] < 0.3  # nominal 0.2 on 256 samples
     assert (run_dir / "config.yaml").is_file()
 
-    card = json.loads((run_dir / "export" / "card.json").read_text())
+    card = json.loads((tmp_path / "export" / "card.json").read_text())
     assert card["data"]["noise"] == {"type": "symmetric", "ratio": 0.2, "expected_rate": 0.2}
     assert card["backbone"]["library"] == "timm" and "val/val/top1" in card["metrics"]
-    weights = run_dir / "export" / card["backbone"]["weights"]
+    weights = tmp_path / "export" / card["backbone"]["weights"]
     exported = timm.create_model(
         "resnet18",
         pretrained=True,
