@@ -226,26 +226,11 @@ class Adaptation(NoisyTrainingModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True)
         return loss
 
-    def validation_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> dict:
-        return self._evaluate(batch, "val", dataloader_idx)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._evaluate(batch, "test", dataloader_idx)
-
-    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> dict:
+    def evaluate(self, batch: dict[str, Any], split: str, name: str) -> dict:
         """Accuracy and macro F1 per evaluation set; Z (or F) goes to the spectrum callback."""
-        name = self.trainer.datamodule.eval_names(split)[dataloader_idx]
         transformed = self.features(batch)
         logits = self.classifier(transformed)
-        log = {"add_dataloader_idx": False, "on_epoch": True, "batch_size": len(batch["key"])}
-        self.log(
-            f"{split}/{name}/loss", F.cross_entropy(logits, batch["label"]), sync_dist=True, **log
-        )
-        for metric_name, metric in self.eval_metrics[name].items():
-            metric.update(logits, batch["label"])
-            self.log(f"{split}/{name}/{metric_name}", metric, **log)
+        self.log_classification(f"{split}/{name}", logits, batch["label"], self.eval_metrics[name])
         return {"features": transformed}
 
     # --- optimisation -------------------------------------------------------------------

@@ -32,7 +32,7 @@ from torch import nn
 
 from datamodules.errors import ConfigError
 from datamodules.transforms import NORMALIZATIONS
-from lightning_modules.pretrain_clip import register_model_config
+from lightning_modules.pretrain_clip import require_open_clip_model
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +186,7 @@ def open_clip_backbone(
             as ``ContrastivePretraining`` takes it.
         frozen: Freeze the weights (False to fine-tune).
     """
-    if model_config is not None:
-        register_model_config(model_name, model_config)
-    known = open_clip.list_models()
-    if model_name not in known:
-        stem = model_name.split("-")[0].lower()
-        close = [name for name in known if stem in name.lower()][:8] or known[:8]
-        raise ConfigError(
-            f"model_name {model_name!r} is not an open_clip model (define one with "
-            f"model_config); e.g. {close}"
-        )
+    require_open_clip_model(model_name, model_config, option="backbone.open_clip")
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     source = None if pretrained is None else str(pretrained)
     if source is not None and source not in tags:

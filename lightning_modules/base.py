@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from timm.optim import create_optimizer_v2, list_optimizers
 
 from datamodules.errors import ConfigError
@@ -90,6 +91,34 @@ class NoisyTrainingModule(L.LightningModule):
     def export(self, directory: Path) -> dict[str, Any]:
         """Write the backbone so timm / open_clip load it; return the card entries."""
         raise NotImplementedError
+
+    def evaluate(self, batch: dict[str, Any], split: str, name: str) -> dict[str, Any]:
+        """One batch of the evaluation set ``name``; returns ``{"features": ...}`` for the
+        spectrum callback."""
+        raise NotImplementedError
+
+    # --- evaluation: one set per dataloader, named by the DataModule -------------------------
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict:
+        return self.evaluate(
+            batch, "val", self.trainer.datamodule.eval_names("val")[dataloader_idx]
+        )
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self.evaluate(
+            batch, "test", self.trainer.datamodule.eval_names("test")[dataloader_idx]
+        )
+
+    def log_classification(
+        self, prefix: str, logits: torch.Tensor, labels: torch.Tensor, metrics: torch.nn.ModuleDict
+    ) -> None:
+        """Cross-entropy and each metric of ``metrics`` under ``<prefix>/<name>``, per epoch."""
+        log = {"add_dataloader_idx": False, "on_epoch": True, "batch_size": len(labels)}
+        self.log(f"{prefix}/loss", F.cross_entropy(logits, labels), sync_dist=True, **log)
+        for metric_name, metric in metrics.items():
+            metric.update(logits, labels)
+            self.log(f"{prefix}/{metric_name}", metric, **log)
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -46,8 +46,10 @@ def register_model_config(model_name: str, config: dict[str, Any]) -> None:
         open_clip.add_model_config(path)
 
 
-def create_open_clip_model(model_name: str, model_config: dict[str, Any] | None) -> nn.Module:
-    """A randomly initialised open_clip model; an unknown name stops the run naming the option."""
+def require_open_clip_model(
+    model_name: str, model_config: dict[str, Any] | None, option: str = "model.model_name"
+) -> None:
+    """Register an inline config; stop with a message naming ``option`` if the name is unknown."""
     if model_config is not None:
         register_model_config(model_name, model_config)
     known = open_clip.list_models()
@@ -55,9 +57,14 @@ def create_open_clip_model(model_name: str, model_config: dict[str, Any] | None)
         stem = model_name.split("-")[0].lower()
         close = [name for name in known if stem in name.lower()][:8] or known[:8]
         raise ConfigError(
-            f"model.model_name {model_name!r} is not an open_clip model (define one with "
-            f"model.model_config); e.g. {close}"
+            f"{option} {model_name!r} is not an open_clip model (define one with an inline "
+            f"model_config); e.g. {close}"
         )
+
+
+def create_open_clip_model(model_name: str, model_config: dict[str, Any] | None) -> nn.Module:
+    """A randomly initialised open_clip model; an unknown name stops the run naming the option."""
+    require_open_clip_model(model_name, model_config)
     # no pretrained tower weights either: everything here trains from scratch, offline
     return open_clip.create_model(model_name, pretrained_text=False, output_dict=True)
 
@@ -205,14 +212,6 @@ class ContrastivePretraining(NoisyTrainingModule):
     def on_test_epoch_start(self) -> None:
         self._start_evaluation("test")
 
-    def validation_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> dict:
-        return self._evaluate(batch, "val", dataloader_idx)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._evaluate(batch, "test", dataloader_idx)
-
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")
 
@@ -240,9 +239,8 @@ class ContrastivePretraining(NoisyTrainingModule):
             for name in zeroshot
         }
 
-    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> dict:
+    def evaluate(self, batch: dict[str, Any], split: str, name: str) -> dict:
         """Zero-shot accuracy or stored embeddings; features go to the spectrum callback."""
-        name = self.trainer.datamodule.eval_names(split)[dataloader_idx]
         image = self.model.encode_image(batch["image"], normalize=True).float()
         if name in self._classifiers:
             metric = self.zeroshot_metrics[name]

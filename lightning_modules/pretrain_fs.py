@@ -159,24 +159,10 @@ class SupervisedPretraining(NoisyTrainingModule):
             self.log(f"train/{name}", metric, on_step=False, on_epoch=True)
         return loss
 
-    def validation_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> dict:
-        return self._evaluate(batch, "val", dataloader_idx)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._evaluate(batch, "test", dataloader_idx)
-
-    def _evaluate(self, batch: dict[str, Any], split: str, dataloader_idx: int) -> dict:
+    def evaluate(self, batch: dict[str, Any], split: str, name: str) -> dict:
         """Loss and top-1/top-5 per evaluation set; features go to the spectrum callback."""
-        name = self.trainer.datamodule.eval_names(split)[dataloader_idx]
         features, logits = self._features_and_logits(batch["image"])
-        loss = F.cross_entropy(logits, batch["label"])
-        log = {"add_dataloader_idx": False, "on_epoch": True, "batch_size": len(batch["key"])}
-        self.log(f"{split}/{name}/loss", loss, sync_dist=True, **log)
-        for metric_name, metric in self.val_metrics[name].items():
-            metric.update(logits, batch["label"])
-            self.log(f"{split}/{name}/{metric_name}", metric, **log)
+        self.log_classification(f"{split}/{name}", logits, batch["label"], self.val_metrics[name])
         return {"features": features}
 
     def export(self, directory: Path) -> dict[str, Any]:

@@ -52,6 +52,7 @@ def quick_args(builtin_root: Path, save_dir: Path, *extra: str) -> list[str]:
         "--trainer.log_every_n_steps=1",
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={save_dir}",
+        f"--export.dirpath={save_dir / 'export'}",
         *extra,
     ]
 
@@ -111,9 +112,9 @@ def test_quickstart_trains_logs_recall_and_zeroshot_and_exports(builtin_root, tm
 
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["model_config"] == TINY["model_config"]
-    card = json.loads((run_dir / "export" / "card.json").read_text())
+    card = json.loads((tmp_path / "export" / "card.json").read_text())
     assert card["backbone"]["library"] == "open_clip"
-    assert (run_dir / "export" / card["backbone"]["weights"]).is_file()
+    assert (tmp_path / "export" / card["backbone"]["weights"]).is_file()
     assert card["data"]["noise"] == {"type": "caption_swap", "ratio": 0.2, "expected_rate": 0.2}
 
 
