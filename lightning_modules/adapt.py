@@ -187,8 +187,14 @@ class Adaptation(NoisyTrainingModule):
                 }
             )
 
-    def trainable_model(self) -> nn.Module:
-        return self
+    def parameter_groups(self) -> list[tuple[nn.Module, float]]:
+        """The head at the base learning rate; the backbone's trainable part (LoRA adapters, or
+        everything for FT at ``backbone_lr_scale``) beside it."""
+        head = nn.ModuleList([m for m in (self.transform, self.classifier) if m is not None])
+        if self.backbone is None:
+            return [(head, 1.0)]
+        scale = self.backbone_lr_scale if self.method == "ft" else 1.0
+        return [(head, 1.0), (self.backbone, scale)]
 
     @property
     def feature_dim(self) -> int:
@@ -234,22 +240,10 @@ class Adaptation(NoisyTrainingModule):
         return {"features": transformed}
 
     # --- optimisation -------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        if self.method in FROZEN_METHODS and self.backbone is not None:
-            self.backbone.requires_grad_(False)
-        config = super().configure_optimizers()
-        if self.method == "ft":
-            backbone_ids = {id(p) for p in self.backbone.parameters()}
-            for group in config["optimizer"].param_groups:
-                if any(id(p) in backbone_ids for p in group["params"]):
-                    group["lr"] *= self.backbone_lr_scale
-                    group["initial_lr"] = group["lr"]
-        return config
-
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        if self.method in FROZEN_METHODS and self.backbone is not None:
-            self.backbone.eval()  # frozen statistics; the MLP's BatchNorm still trains
+        if self.backbone is not None:  # a frozen Backbone stays in eval mode; LoRA/FT train
+            self.backbone.train()
 
     # --- export ---------------------------------------------------------------------------
     def export(self, directory: Path) -> dict[str, Any]:

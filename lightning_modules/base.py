@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from timm.optim import create_optimizer_v2, list_optimizers
+from timm.optim import create_optimizer_v2, list_optimizers, param_groups_weight_decay
 
 from datamodules.errors import ConfigError
 
@@ -79,6 +79,10 @@ class NoisyTrainingModule(L.LightningModule):
         """The module whose parameters are optimised."""
         raise NotImplementedError
 
+    def parameter_groups(self) -> list[tuple[torch.nn.Module, float]]:
+        """(module, learning-rate scale) pairs to optimise; frozen parameters are left out."""
+        return [(self.trainable_model(), 1.0)]
+
     @property
     def feature_dim(self) -> int:
         """D of :meth:`features`, known before the first batch (for the spectrum callback)."""
@@ -123,8 +127,16 @@ class NoisyTrainingModule(L.LightningModule):
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_config
+        groups = [
+            {**group, "lr": cfg.lr * scale}
+            for module, scale in self.parameter_groups()
+            for group in param_groups_weight_decay(
+                module, cfg.weight_decay
+            )  # no decay: norms, biases
+            if group["params"]
+        ]
         optimizer = create_optimizer_v2(
-            self.trainable_model(),
+            groups,
             opt=cfg.name,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,

@@ -188,3 +188,32 @@ def test_unknown_method_is_a_one_line_error(tmp_path):
         "--model.init_args.method=linear",
     )
     assert result.returncode == 2 and "method" in result.stderr.splitlines()[-1]
+
+
+def test_fine_tuning_gives_the_backbone_its_own_learning_rate(resnet_card, make_shards, tmp_path):
+    module = Adaptation(
+        "ft",
+        10,
+        BackboneConfig(card=str(resnet_card)),
+        backbone_lr_scale=0.1,
+        optimizer=OptimizerConfig(lr=0.01, weight_decay=0.05),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=data_module(make_shards([16])))
+    backbone = {id(p) for p in module.backbone.parameters()}
+    rates = {}
+    for group in trainer.optimizers[0].param_groups:
+        part = "backbone" if id(group["params"][0]) in backbone else "head"
+        assert all((id(p) in backbone) == (part == "backbone") for p in group["params"])
+        rates.setdefault(part, set()).add((group["initial_lr"], group["weight_decay"] > 0))
+    assert rates == {
+        "head": {(0.01, True), (0.01, False)},
+        "backbone": {(0.001, True), (0.001, False)},
+    }
