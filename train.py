@@ -7,10 +7,13 @@ under ``configs/``. Mistakes in the config or the data stop the run with one rea
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
+from lightning import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.data_audit import DataAudit
 from callbacks.export import ExportBackbone
@@ -46,6 +49,13 @@ def _find_config(value: str) -> str:
 class SuiteCLI(LightningCLI):
     """LightningCLI with the callbacks every run needs registered as config sections."""
 
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` finds the newest ``last.ckpt`` of this run's earlier versions
+        (Lightning would look in the new version's empty folder and silently start over)."""
+        arguments = self.config_init[self.subcommand]
+        if arguments.get("ckpt_path") == "last":
+            arguments["ckpt_path"] = str(find_last_checkpoint(self.trainer))
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(DataAudit, "data_audit")
         parser.add_lightning_class_args(ExportBackbone, "export")
@@ -63,12 +73,32 @@ def main(argv: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
+    except SIGTERMException:  # Lightning ends the step in flight and exits 0; say it stopped
+        print("stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         mistake = user_mistake(err)
         if mistake is None:
             raise
         print(f"error: {mistake}", file=sys.stderr)
         sys.exit(2)
+
+
+def find_last_checkpoint(trainer: Trainer) -> Path:
+    """The newest ``last.ckpt`` of the checkpoint callbacks' folders; a callback without a
+    folder saves into ``<logger run>/version_N/checkpoints``, so every version is searched."""
+    folders = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath is not None]
+    if any(cb.dirpath is None for cb in trainer.checkpoint_callbacks):
+        if trainer.logger is not None:
+            run = Path(trainer.logger.save_dir or ".") / (trainer.logger.name or "")
+            folders += sorted(run.glob("version_*/checkpoints"))
+        else:
+            folders.append(Path(trainer.default_root_dir) / "checkpoints")
+    found = [path for folder in folders if (path := folder / "last.ckpt").is_file()]
+    if not found:
+        searched = ", ".join(str(f) for f in folders) or "(no checkpoint folder)"
+        raise ConfigError(f"--ckpt_path last: no last.ckpt in {searched}; nothing to resume")
+    return max(found, key=lambda path: path.stat().st_mtime)
 
 
 def user_mistake(err: BaseException) -> str | None:

@@ -281,9 +281,11 @@ class EpochLoader(DataLoader):
     """A DataLoader that tells its :class:`ShardStream` the epoch before every pass.
 
     Lightning calls ``set_epoch`` only on samplers, and creates the first epoch's iterator
-    before ``on_train_epoch_start``; asking ``epoch_source`` (the trainer's current epoch) at
-    ``iter()`` is the one place that is right on the first epoch, later epochs and resume.
-    Workers are not persistent so that each pass starts from the epoch just set.
+    before ``on_train_epoch_start``; when resuming it even creates it before the checkpoint's
+    epoch is restored (to estimate the stepping batches), then trains the restored epoch from
+    that iterator. So ``epoch_source`` (the trainer's current epoch) is asked at the first
+    ``next()``, which is right on the first epoch, later epochs and resume. Workers are not
+    persistent so that each pass starts from the epoch just set.
     """
 
     def __init__(
@@ -296,4 +298,4 @@ class EpochLoader(DataLoader):
     def __iter__(self):  # type: ignore[override]
         if self.epoch_source is not None:
             self.dataset.set_epoch(self.epoch_source())
-        return super().__iter__()
+        yield from super().__iter__()

@@ -139,9 +139,6 @@ class Adaptation(NoisyTrainingModule):
         if self.backbone is not None:
             self._build_head(self.backbone.dim)
         self.eval_metrics = nn.ModuleDict()
-        self.save_hyperparameters(
-            {"method": method, "num_classes": num_classes, "backbone": asdict(backbone)}
-        )
 
     # --- construction -------------------------------------------------------------------
     def _build_head(self, dim: int) -> None:

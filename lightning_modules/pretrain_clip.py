@@ -145,13 +145,6 @@ class ContrastivePretraining(NoisyTrainingModule):
         self.zeroshot_metrics = nn.ModuleDict()
         self._classifiers: dict[str, torch.Tensor] = {}
         self._embeddings: dict[str, dict[str, list[torch.Tensor]]] = {}
-        self.save_hyperparameters(
-            {
-                "model_name": model_name,
-                "model_config": self.model_config,
-                "zeroshot_templates": self.zeroshot_templates,
-            }
-        )
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule

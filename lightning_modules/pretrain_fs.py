@@ -100,9 +100,6 @@ class SupervisedPretraining(NoisyTrainingModule):
         self.label_smoothing = label_smoothing
         self.train_metrics = NoisyLabelMetrics()
         self.val_metrics = nn.ModuleDict()
-        self.save_hyperparameters(
-            {"model_name": model_name, "num_classes": num_classes, **self.model_kwargs}
-        )
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule

@@ -111,7 +111,7 @@ def test_quickstart_trains_logs_recall_and_zeroshot_and_exports(builtin_root, tm
     assert 0 <= logged["val/zeroshot/zeroshot_top1"][-1] <= 1
 
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["hyper_parameters"]["model_config"] == TINY["model_config"]
+    assert "state_dict" in checkpoint and not checkpoint.get("hyper_parameters")  # see config.yaml
     card = json.loads((tmp_path / "export" / "card.json").read_text())
     assert card["backbone"]["library"] == "open_clip"
     assert (tmp_path / "export" / card["backbone"]["weights"]).is_file()
