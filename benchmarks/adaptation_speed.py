@@ -36,12 +36,14 @@ Measured side by side in one run:
 
 Run from the repository root::
 
-    python -m benchmarks.adaptation_speed                 # 3 epochs x 2 repeats, reg 20 steps
+    python -m benchmarks.adaptation_speed                 # 3 epochs x 2 repeats, reg 10 steps
     python -m benchmarks.adaptation_speed --epochs 5 --repeats 1 --reg-steps 50
     python -m benchmarks.adaptation_speed --threads 1     # a machine crowded by other jobs
 
-Defaults are sized for about 5 minutes on 2 CPUs: ``--reg-steps`` is 20, not 50 (one step at
-D = 2048 takes about 0.4 s there). Results are printed and written to
+Defaults are sized for about 5 minutes on 2 idle CPUs: ``--reg-steps`` is 10, not 50 (one step
+at D = 2048 takes about 0.4 s there). On 2 CPUs shared with other jobs, torch's 2 intra-op threads
+can make every step several times slower (threads wait on descheduled siblings) and the run far
+longer; ``--threads 1`` is then both faster and steadier. Results are printed and written to
 ``benchmarks/results/adaptation_speed.json``. Timings depend on the machine and its load: tests
 never assert them.
 """
@@ -49,6 +51,7 @@ never assert them.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import statistics
@@ -64,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import datamodules.features as features_module
 from benchmarks.common import machine_info, print_ratios, write_results
 from callbacks.export import write_card
 from datamodules.classification import ClassificationDataModule
@@ -463,7 +467,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--reg-batch", type=int, default=256)
     parser.add_argument("--reg-dim", type=int, default=2048)
-    parser.add_argument("--reg-steps", type=int, default=20, help="timed steps per repeat")
+    parser.add_argument("--reg-steps", type=int, default=10, help="timed steps per repeat")
     parser.add_argument("--reg-warmup", type=int, default=3)
     parser.add_argument("--reg-repeats", type=int, default=3, help="regulariser repeats (0: skip)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -473,7 +477,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the extraction's progress bars, in a log file
+    # the extraction's per-batch progress bars flood a log file (TQDM_DISABLE is read at import)
+    features_module.tqdm = functools.partial(features_module.tqdm, disable=True)
     # Lightning's per-fit notes (accelerators, tips, loader hints): noise in the output
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     for message in (

@@ -29,15 +29,18 @@ Run from the repository root::
 
     python -m benchmarks.pretrain_throughput                       # CPU, 60 steps, 3 repeats
     python -m benchmarks.pretrain_throughput --steps 30 --repeats 5
+    python -m benchmarks.pretrain_throughput --threads 1           # CPUs shared with other jobs
     # ResNet-50 img/s on a GPU, to set beside timm's train.py (the memory variant is the model
     # alone; raise --num-workers to feed it from the shards):
     python -m benchmarks.pretrain_throughput --accelerator gpu --model resnet50 \\
         --image-size 224 --precision bf16-mixed --channels-last --batch-size 256 --num-workers 8
 
-The built-in images are 28 x 28, upscaled to ``--image-size``: fine for throughput. Results are
-printed and written to ``benchmarks/results/pretrain_throughput.json``. Timings depend on the
-machine and its load: tests never assert them.
-"""
+About 2 minutes on 2 idle CPUs (estimated: a step takes about 0.15 s there). On 2 CPUs shared with
+other jobs, torch's 2 intra-op threads can make every step several times slower and the run far
+longer; ``--threads 1`` is then steadier. The built-in images are 28 x 28, upscaled to
+``--image-size``: fine for throughput. Results are printed and written to
+``benchmarks/results/pretrain_throughput.json``. Timings depend on the machine and its load: tests
+never assert them. """
 
 from __future__ import annotations
 
