@@ -29,18 +29,20 @@ Run from the repository root::
 
     python -m benchmarks.pretrain_throughput                       # CPU, 60 steps, 3 repeats
     python -m benchmarks.pretrain_throughput --steps 30 --repeats 5
-    python -m benchmarks.pretrain_throughput --threads 1           # CPUs shared with other jobs
+    python -m benchmarks.pretrain_throughput --threads 0           # torch's default threads
     # ResNet-50 img/s on a GPU, to set beside timm's train.py (the memory variant is the model
     # alone; raise --num-workers to feed it from the shards):
     python -m benchmarks.pretrain_throughput --accelerator gpu --model resnet50 \\
         --image-size 224 --precision bf16-mixed --channels-last --batch-size 256 --num-workers 8
 
-About 2 minutes on 2 idle CPUs (estimated: a step takes about 0.15 s there). On 2 CPUs shared with
-other jobs, torch's 2 intra-op threads can make every step several times slower and the run far
-longer; ``--threads 1`` is then steadier. The built-in images are 28 x 28, upscaled to
+Main-process torch threads: ``--threads 1`` by default (0: torch's default, one per CPU). On this
+suite's 2-CPU machine, shared with other jobs, 2 threads made every step 5 to 8 times slower
+(threads waiting on descheduled siblings: 0.74 against 4.3 steps/s at a load average of 5) and a
+run take 11 minutes; with 1 thread it took 2. The built-in images are 28 x 28, upscaled to
 ``--image-size``: fine for throughput. Results are printed and written to
 ``benchmarks/results/pretrain_throughput.json``. Timings depend on the machine and its load: tests
-never assert them. """
+never assert them.
+"""
 
 from __future__ import annotations
 
@@ -85,7 +87,9 @@ class StepTimer(L.Callback):
         self.starts: list[float] = []
         self.ends: list[float] = []
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int):
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.starts.append(time.perf_counter())
 
     def on_train_batch_end(
@@ -351,7 +355,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--memory-batches", type=int, default=8, help="distinct batches the memory variant cycles"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)"
+    )
     parser.add_argument("--out", default=f"benchmarks/results/{NAME}.json")
     args = parser.parse_args(argv)
     if args.precision is None:
