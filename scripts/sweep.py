@@ -1,0 +1,431 @@
+"""Noise sweep, one command: pre-train at every noise ratio, adapt each backbone, report.
+
+Usage::
+
+    python scripts/sweep.py configs/quickstart/sweep.yaml                 # run (or resume), report
+    python scripts/sweep.py configs/sweep.yaml --out runs/paper --jobs 4  # 4 adaptations at once
+    python scripts/sweep.py configs/quickstart/sweep.yaml --only-report   # rebuild the report
+
+Every run is a real ``python train.py fit --config ...`` subprocess, so each one is reproducible
+on its own: its folder holds the ``config.yaml`` LightningCLI saved (``python train.py fit
+--config <run>/config.yaml`` runs it again), its output in ``log.txt`` (first line: the command),
+its TensorBoard events and its ``export/card.json``.
+
+Sweep config (YAML; a ``config`` is a path, or a name under ``configs/`` as train.py takes)::
+
+    out: runs/sweep_quickstart            # output folder (default: runs/<yaml stem>); --out wins
+    jobs: 2                               # adaptation runs at once (default 1); --jobs wins
+    pretrain:
+      config: quickstart/pretrain_fs.yaml # any pre-training config (FS or CLIP)
+      name: pretrain_fs                   # folder and `pretrain` column (default: config stem)
+      noise_option: data.init_args.noise_ratio  # the option set to each ratio (default);
+                                          # CLIP: data.init_args.caption_noise_ratio
+      ratios: [0.0, 0.05, 0.1, 0.2, 0.3]  # fractions; one pre-training run each
+      overrides: [--trainer.max_epochs=1] # extra train.py arguments (optional)
+    adapt:
+      overrides: []                       # extra arguments for every adaptation (optional)
+      runs:                               # one adaptation per entry and ratio
+        - config: quickstart/lp_id.yaml
+          name: lp_id                     # folder, unique (default: config stem)
+          method: lp                      # report label (default: model.init_args.method)
+          kind: id                        # id | ood (default: the config stem's _id / _ood)
+          task: fmnist_heldout            # (default: data.init_args.builtin, else train_shards)
+          exclude_sets: [val, clean]      # sets left out of the averages (this default)
+          overrides: []                   # extra arguments for this run (optional)
+
+The runner adds, after the config and before the overrides: ``--trainer.enable_progress_bar=
+false`` and, for adaptations, ``--model.init_args.cache_dir=<out>/cache/features`` (the
+LP/MLP/NMTune runs of one backbone and task extract the frozen features once); and after the
+overrides: the noise ratio, or ``--model.init_args.backbone.card=<that ratio's card>``, the
+logger's ``save_dir``/``name``/``version`` (the config needs a logger with those, e.g.
+TensorBoardLogger) and ``--export.dirpath``. Output folder::
+
+    <out>/<pretrain name>/ratio_0.10/     a pre-training run (its card: export/card.json)
+    <out>/adapt/ratio_0.10/<name>/        an adaptation run of that backbone
+    <out>/summary.csv, summary.md, accuracy.png, spectrum.png   (see scripts/report.py)
+
+A run that succeeds gets ``result.json`` (its card's metrics); one that fails gets
+``failed.json`` (exit code, the log's error message, log path), and the adaptations of a failed
+pre-training are recorded as skipped; the other runs go on, and the sweep exits with status 1.
+Running the sweep again skips every run that has a ``result.json``: it resumes after an
+interruption, and deleting one ``result.json`` reruns that run only. Pre-trainings run one after
+the other; ``--jobs N`` then runs N adaptations at once (the runs sharing a backbone and task run
+in order in one slot, so their feature cache is written once), each with ``OMP_NUM_THREADS`` =
+cores / N unless it is set, so that N runs do not oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Run as `python scripts/sweep.py` from a checkout, without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.report import write_report
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+RESULT, FAILED, LOG = "result.json", "failed.json", "log.txt"
+KINDS = ("id", "ood")
+DEFAULT_EXCLUDE = ("val", "clean")
+
+
+class SweepError(ValueError):
+    """A mistake in the sweep config, reported before any run starts."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One train.py run of the sweep, with the labels the report groups it by."""
+
+    stage: str  # "pretrain" or "adapt"
+    pretrain: str
+    ratio: float
+    directory: Path
+    args: tuple[str, ...]
+    name: str = ""
+    method: str = ""
+    task: str = ""
+    kind: str = ""
+    exclude_sets: tuple[str, ...] = ()
+    pretrain_dir: Path | None = None  # the pre-training run an adaptation needs
+
+    @property
+    def label(self) -> str:
+        """The folder relative to the sweep's output folder."""
+        root = self.directory.parents[1 if self.stage == "pretrain" else 2]
+        return str(self.directory.relative_to(root))
+
+    def record(self, status: str) -> dict[str, Any]:
+        """What the report needs to know about the run; the log of a skipped adaptation is its
+        pre-training's, which says why."""
+        log_dir = self.pretrain_dir if status == "skipped" and self.pretrain_dir else self.directory
+        return {
+            "status": status,
+            "stage": self.stage,
+            "pretrain": self.pretrain,
+            "noise_ratio": self.ratio,
+            "name": self.name,
+            "method": self.method,
+            "task": self.task,
+            "kind": self.kind,
+            "exclude_sets": list(self.exclude_sets),
+            "run_dir": str(self.directory),
+            "log": str(log_dir / LOG),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The run's record as its folder says: result.json, failed.json, else missing. Labels
+        and paths come from the current plan (the sweep config may have been relabelled, the
+        folder moved)."""
+        for name in (RESULT, FAILED):
+            if (self.directory / name).is_file():
+                stored = json.loads((self.directory / name).read_text())
+                return {**stored, **self.record(stored["status"])}
+        return {**self.record("missing"), "reason": "not run yet"}
+
+
+@dataclass
+class Progress:
+    """Prints one line per finished run; safe from several threads."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def report(self, run: Run, record: dict[str, Any]) -> None:
+        with self.lock:
+            self.done += 1
+            self.failed += record["status"] != "ok"
+            line = f"[{self.done}/{self.total}] {record['status']:<7} {run.label}"
+            if record["status"] == "ok":
+                line += f"  ({record['seconds']:.0f} s)"
+            else:
+                line += f"  {record['reason']}  log: {record['log']}"
+            print(line, flush=True)
+
+
+# --- the sweep config -----------------------------------------------------------------------
+def find_config(value: str, where: str) -> Path:
+    """A train.py config as train.py finds it: an existing path, else a name under configs/."""
+    for path in (Path(value), CONFIG_DIR / value):
+        if path.is_file():
+            return path.resolve()
+    raise SweepError(f"{where}: {value!r} is neither a file nor a config under {CONFIG_DIR}")
+
+
+def string_list(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SweepError(f"{where} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def init_arg(config: dict[str, Any], section: str, name: str) -> Any:
+    """``<section>.init_args.<name>`` of a train.py config, or None."""
+    return ((config.get(section) or {}).get("init_args") or {}).get(name)
+
+
+def adaptation(entry: dict[str, Any], index: int) -> dict[str, Any]:
+    """One ``adapt.runs`` entry with its method, task and kind filled in from the config."""
+    where = f"adapt.runs[{index}]"
+    if not isinstance(entry, dict) or "config" not in entry:
+        raise SweepError(f"{where} must be a mapping with a `config`, got {entry!r}")
+    path = find_config(entry["config"], f"{where}.config")
+    config = yaml.safe_load(path.read_text()) or {}
+    name = entry.get("name", path.stem)
+    suffix = path.stem.rpartition("_")[2]
+    kind = entry.get("kind", suffix if suffix in KINDS else None)
+    if kind not in KINDS:
+        raise SweepError(f"{where}.kind must be id or ood (not derivable from {path.name})")
+    return {
+        "config": path,
+        "name": name,
+        "method": entry.get("method") or init_arg(config, "model", "method") or name,
+        "task": entry.get("task")
+        or init_arg(config, "data", "builtin")
+        or init_arg(config, "data", "train_shards")
+        or name,
+        "kind": kind,
+        "exclude_sets": string_list(
+            entry.get("exclude_sets", list(DEFAULT_EXCLUDE)), f"{where}.exclude_sets"
+        ),
+        "overrides": string_list(entry.get("overrides"), f"{where}.overrides"),
+    }
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def ratio_folder(ratio: float) -> str:
+    return f"ratio_{ratio:.2f}"
+
+
+def plan(sweep: dict[str, Any], out: Path) -> list[Run]:
+    """Every run of the sweep: the pre-trainings in ratio order, then their adaptations."""
+    pretrainings = pretrain_runs(sweep.get("pretrain") or {}, out)
+    adapt = sweep.get("adapt") or {}
+    entries = [adaptation(entry, i) for i, entry in enumerate(adapt.get("runs") or [])]
+    if len({e["name"] for e in entries}) != len(entries):
+        raise SweepError("adapt.runs: two runs have the same name; give them distinct `name`s")
+    common = string_list(adapt.get("overrides"), "adapt.overrides")
+    return pretrainings + [
+        adapt_run(pretraining, entry, common, out)
+        for pretraining in pretrainings
+        for entry in entries
+    ]
+
+
+def pretrain_runs(pre: dict[str, Any], out: Path) -> list[Run]:
+    """One pre-training per noise ratio, the ratio set through ``noise_option``."""
+    config = find_config(str(pre.get("config", "")), "pretrain.config")
+    name = pre.get("name", config.stem)
+    ratios = pre.get("ratios")
+    if not isinstance(ratios, list) or not ratios or not all(is_number(r) for r in ratios):
+        raise SweepError(f"pretrain.ratios must be a non-empty list of numbers, got {ratios!r}")
+    if len({ratio_folder(r) for r in ratios}) != len(ratios):
+        raise SweepError(f"pretrain.ratios must differ in their first two decimals: {ratios}")
+    option = pre.get("noise_option", "data.init_args.noise_ratio")
+    overrides = string_list(pre.get("overrides"), "pretrain.overrides")
+    runs = []
+    for ratio in map(float, ratios):
+        folder = out / name / ratio_folder(ratio)
+        args = (*base_args(config), *overrides, f"--{option}={ratio}", *output_args(folder))
+        runs.append(Run("pretrain", name, ratio, folder, args))
+    return runs
+
+
+def adapt_run(pretraining: Run, entry: dict[str, Any], common: tuple[str, ...], out: Path) -> Run:
+    """One adaptation of ``pretraining``'s exported backbone."""
+    folder = out / "adapt" / ratio_folder(pretraining.ratio) / entry["name"]
+    args = (
+        *base_args(entry["config"]),
+        f"--model.init_args.cache_dir={out / 'cache' / 'features'}",
+        *common,
+        *entry["overrides"],
+        f"--model.init_args.backbone.card={pretraining.directory / 'export' / 'card.json'}",
+        *output_args(folder),
+    )
+    labels = {k: entry[k] for k in ("name", "method", "task", "kind", "exclude_sets")}
+    return Run(
+        "adapt",
+        pretraining.pretrain,
+        pretraining.ratio,
+        folder,
+        args,
+        pretrain_dir=pretraining.directory,
+        **labels,
+    )
+
+
+def base_args(config: Path) -> tuple[str, ...]:
+    return ("fit", "--config", str(config), "--trainer.enable_progress_bar=false")
+
+
+def output_args(folder: Path) -> tuple[str, ...]:
+    """Logger and export into ``folder`` itself (``version`` empty: no version_N subfolder)."""
+    return (
+        f"--trainer.logger.init_args.save_dir={folder.parent}",
+        f"--trainer.logger.init_args.name={folder.name}",
+        "--trainer.logger.init_args.version=",
+        f"--export.dirpath={folder / 'export'}",
+    )
+
+
+# --- running ----------------------------------------------------------------------------------
+def failure_reason(log: Path) -> str:
+    """The error at the end of a log, on one line: from its last ``error:`` line on (train.py's
+    and jsonargparse's messages), else its last line (a traceback's exception)."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    return " ".join(lines[errors[-1] if errors else -1 :])[:300]
+
+
+def execute(run: Run, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run train.py, its output into log.txt; write result.json or failed.json."""
+    run.directory.mkdir(parents=True, exist_ok=True)
+    (run.directory / FAILED).unlink(missing_ok=True)
+    command = [sys.executable, str(REPO / "train.py"), *run.args]
+    log = run.directory / LOG
+    start = time.monotonic()
+    with log.open("w") as handle:
+        handle.write(f"$ {shlex.join(command)}\n\n")
+        handle.flush()
+        code = subprocess.run(
+            command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False
+        ).returncode
+    card = run.directory / "export" / "card.json"
+    seconds = round(time.monotonic() - start, 1)
+    if code == 0 and card.is_file():
+        record = {**run.record("ok"), "card": str(card), **card_summary(card)}
+    else:
+        reason = f"exit {code}: {failure_reason(log)}" if code else "exit 0 but no export card"
+        record = {**run.record("failed"), "reason": reason}
+    record |= {"command": command, "returncode": code, "seconds": seconds}
+    (run.directory / (RESULT if record["status"] == "ok" else FAILED)).write_text(
+        json.dumps(record, indent=2)
+    )
+    return record
+
+
+def card_summary(card: Path) -> dict[str, Any]:
+    """The card's final metrics, and for a pre-training its nominal noise."""
+    data = json.loads(card.read_text())
+    summary = {"metrics": data.get("metrics", {})}
+    if (data.get("data") or {}).get("noise") is not None:
+        summary["noise"] = data["data"]["noise"]
+    return summary
+
+
+def skip(run: Run) -> dict[str, Any]:
+    """Record an adaptation whose backbone is missing as skipped, pointing at the reason."""
+    run.directory.mkdir(parents=True, exist_ok=True)
+    record = {**run.record("skipped"), "reason": "its pre-training did not succeed"}
+    (run.directory / FAILED).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def chains(runs: list[Run]) -> list[list[Run]]:
+    """Adaptations grouped by backbone and task, in plan order: each group runs in order in
+    one slot, so its runs extract the shared frozen features once and never race on them."""
+    groups: dict[tuple[float, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.ratio, run.task), []).append(run)
+    return list(groups.values())
+
+
+def in_parallel(groups: list[list[Run]], jobs: int, step: Callable[[Run], None]) -> None:
+    """Run the groups, ``jobs`` at a time. The first group of each task runs before the others:
+    a task's built-in data are written on first use, and two writers would collide."""
+    leaders, rest, seen = [], [], set()
+    for group in groups:
+        (rest if group[0].task in seen else leaders).append(group)
+        seen.add(group[0].task)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for batch in (leaders, rest):
+            list(pool.map(lambda group: [step(run) for run in group], batch))
+
+
+def parallel_env(jobs: int) -> dict[str, str] | None:
+    """The environment of parallel runs: each gets its share of the cores for torch's threads."""
+    if jobs == 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+
+
+def run_sweep(runs: list[Run], jobs: int) -> int:
+    """Run what has no result yet; return the number of runs that failed or were skipped."""
+    todo = [run for run in runs if not (run.directory / RESULT).is_file()]
+    print(f"plan: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
+    for run in todo:
+        print(f"  to run: {run.label}", flush=True)
+    progress = Progress(len(todo))
+    for run in todo:
+        if run.stage == "pretrain":
+            progress.report(run, execute(run))
+
+    env = parallel_env(jobs)
+
+    def step(run: Run) -> None:
+        ready = (run.pretrain_dir / RESULT).is_file()
+        progress.report(run, execute(run, env) if ready else skip(run))
+
+    adaptations = [run for run in todo if run.stage == "adapt"]
+    in_parallel(chains(adaptations), jobs, step)
+    return progress.failed
+
+
+def report(runs: list[Run], out: Path, title: str) -> list[Path]:
+    statuses = [run.status() for run in runs]
+    pretrain = [s for s in statuses if s["stage"] == "pretrain"]
+    adapt = [s for s in statuses if s["stage"] == "adapt"]
+    return write_report(out, title, pretrain, adapt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", type=Path, help="the sweep YAML")
+    parser.add_argument("--out", type=Path, help="output folder (default: the YAML's `out`)")
+    parser.add_argument("--jobs", type=int, help="adaptation runs at once (default: 1)")
+    parser.add_argument("--only-report", action="store_true", help="run nothing, rebuild report")
+    args = parser.parse_args(argv)
+    try:
+        sweep = yaml.safe_load(args.config.read_text()) or {}
+        out = (args.out or Path(sweep.get("out", f"runs/{args.config.stem}"))).resolve()
+        jobs = sweep.get("jobs", 1) if args.jobs is None else args.jobs
+        if not isinstance(jobs, int) or jobs < 1:
+            raise SweepError(f"jobs must be a positive integer, got {jobs!r}")
+        runs = plan(sweep, out)
+    except (OSError, yaml.YAMLError, SweepError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    failed = 0 if args.only_report else run_sweep(runs, jobs)
+    paths = report(runs, out, runs[0].pretrain)
+    if not args.only_report:
+        print(f"sweep finished in {time.monotonic() - start:.0f} s, {failed} not succeeded")
+    print("report: " + ", ".join(str(p) for p in paths))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""scripts/sweep.py as a user runs it: a micro sweep end to end, resume, rerun, failures; and the
+report's averaging rule on hand-made records."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scripts.report import COLUMNS, averages, build_rows
+from tests.conftest import REPO
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def sweep_config(folder: Path, builtin_root: Path, idx: Path, **changes) -> Path:
+    """A two-ratio, one-method (LP), one-task (ID) sweep of the quickstarts, shrunk to seconds."""
+    data = [f"--data.init_args.builtin_root={builtin_root}", "--data.init_args.num_workers=0"]
+    config = {
+        "out": str(folder / "out"),
+        "pretrain": {
+            "config": "quickstart/pretrain_fs.yaml",
+            "ratios": [0.0, 0.1],
+            "overrides": [
+                *data,
+                "--data.init_args.epoch_samples=64",
+                "--data.init_args.batch_size=32",
+                "--trainer.max_epochs=1",
+                "--trainer.limit_val_batches=1",
+            ],
+        },
+        "adapt": {
+            "overrides": [
+                *data,
+                f"--data.init_args.builtin_source={idx}",
+                "--trainer.max_epochs=1",
+                "--trainer.num_sanity_val_steps=0",
+                "--trainer.enable_checkpointing=false",
+            ],
+            "runs": [{"config": "quickstart/lp_id.yaml"}],
+        },
+    }
+    for section, values in changes.items():
+        config[section] |= values
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "sweep.py"), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def read_summary(out: Path) -> list[dict[str, str]]:
+    with (out / "summary.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def results(out: Path) -> dict[str, int]:
+    """result.json of every run -> its modification time (ns)."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("result.json")}
+
+
+@pytest.fixture(scope="module")
+def micro(builtin_root, tiny_fashion_mnist, tmp_path_factory) -> tuple[Path, Path, str]:
+    """The micro sweep, run once: (its config, its output folder, its stdout)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    config = sweep_config(folder, builtin_root, tiny_fashion_mnist)
+    result = run_sweep(config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return config, folder / "out", result.stdout
+
+
+def test_micro_sweep_runs_everything_and_writes_the_report(micro):
+    _, out, stdout = micro
+    assert "plan: 4 runs, 0 done, 4 to run" in stdout
+    for run in ("pretrain_fs/ratio_0.00", "pretrain_fs/ratio_0.10"):
+        assert (out / run / "export" / "card.json").is_file()
+    for run in ("adapt/ratio_0.00/lp_id", "adapt/ratio_0.10/lp_id"):
+        for name in ("result.json", "log.txt", "config.yaml", "export/card.json"):
+            assert (out / run / name).is_file(), f"{run}/{name}"
+        assert "train.py fit --config" in (out / run / "log.txt").read_text().splitlines()[0]
+
+    rows = read_summary(out)
+    assert set(COLUMNS) <= set(rows[0])
+    # one row per adaptation run and evaluation set (fmnist_heldout logs `val` and `test`)
+    assert sorted((r["noise_ratio"], r["test_set"]) for r in rows) == [
+        ("0.0", "test"),
+        ("0.0", "val"),
+        ("0.1", "test"),
+        ("0.1", "val"),
+    ]
+    for row in rows:
+        assert (row["pretrain"], row["method"], row["task"], row["kind"], row["status"]) == (
+            "pretrain_fs",
+            "lp",
+            "fmnist_heldout",
+            "id",
+            "ok",
+        )
+        assert row["in_average"] == str(row["test_set"] == "test")
+        assert 0 <= float(row["acc"]) <= 1 and float(row["sve"]) > 0
+        assert Path(row["log"]) == Path(row["run_dir"]) / "log.txt"
+    assert {r["realised_noise_rate"] for r in rows if r["noise_ratio"] == "0.0"} == {"0.0"}
+    assert float(next(r for r in rows if r["noise_ratio"] == "0.1")["realised_noise_rate"]) > 0
+
+    summary = (out / "summary.md").read_text()
+    assert "## ID accuracy (%)" in summary and "| method | 0 % | 10 % |" in summary
+    assert "| lp |" in summary and "## Runs that did not succeed" not in summary
+    for figure in ("accuracy.png", "spectrum.png"):
+        assert (out / figure).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_second_invocation_runs_nothing(micro):
+    config, out, _ = micro
+    before = results(out)
+    result = run_sweep(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "plan: 4 runs, 4 done, 0 to run" in result.stdout
+    assert results(out) == before
+
+
+def test_deleting_one_result_reruns_only_that_run(micro):
+    config, out, _ = micro
+    (out / "adapt/ratio_0.10/lp_id/result.json").unlink()
+    before = results(out)
+    result = run_sweep(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "plan: 4 runs, 3 done, 1 to run" in result.stdout
+    assert "to run: adapt/ratio_0.10/lp_id" in result.stdout
+    after = results(out)
+    assert {k: after[k] for k in before} == before
+    assert "adapt/ratio_0.10/lp_id/result.json" in after
+
+
+def test_failed_runs_are_reported_and_the_others_complete(
+    micro, builtin_root, tiny_fashion_mnist, tmp_path
+):
+    _, done, _ = micro
+    shutil.copytree(done, tmp_path / "out")  # reuse the finished runs
+    (tmp_path / "out/adapt/ratio_0.00/lp_id/result.json").unlink()  # one good run to do
+    broken = {
+        "config": "quickstart/lp_id.yaml",
+        "name": "lp_broken",
+        "method": "lp_broken",
+        "overrides": ["--model.init_args.optimizer.lr=not-a-number"],
+    }
+    config = sweep_config(
+        tmp_path,
+        builtin_root,
+        tiny_fashion_mnist,
+        pretrain={"ratios": [0.0, 0.1, 1.5]},  # 1.5: the pre-training refuses the ratio
+        adapt={"runs": [{"config": "quickstart/lp_id.yaml"}, broken]},
+    )
+    result = run_sweep(config, "--jobs", 2)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "plan: 9 runs, 3 done, 6 to run" in result.stdout
+
+    out = tmp_path / "out"
+    rows = read_summary(out)
+    status = {(r["noise_ratio"], r["method"]): r["status"] for r in rows}
+    assert status == {
+        ("0.0", "lp"): "ok",
+        ("0.1", "lp"): "ok",
+        ("1.5", "lp"): "skipped",
+        ("0.0", "lp_broken"): "failed",
+        ("0.1", "lp_broken"): "failed",
+        ("1.5", "lp_broken"): "skipped",
+    }
+    pretrain_log = out / "pretrain_fs/ratio_1.50/log.txt"
+    assert "noise_ratio must be in [0, 1)" in pretrain_log.read_text()
+    for row in rows:
+        if row["status"] == "failed":
+            assert Path(row["log"]) == Path(row["run_dir"]) / "log.txt"
+            assert "optimizer.lr" in Path(row["log"]).read_text()
+        if row["status"] == "skipped":
+            assert Path(row["log"]) == pretrain_log
+    assert (out / "adapt/ratio_0.00/lp_id/result.json").is_file()
+
+    summary = (out / "summary.md").read_text()
+    assert "## Runs that did not succeed" in summary
+    assert 'Parser key "optimizer.lr"' in summary  # the reason: the log's error message
+    assert "error: data.noise_ratio must be in [0, 1), got 1.5" in summary
+    assert "its pre-training did not succeed" in summary
+    assert f"`{out / 'adapt/ratio_0.10/lp_broken/log.txt'}`" in summary
+    assert f"`{pretrain_log}`" in summary
+    assert "| lp_broken | – | – | – |" in summary  # no average from failed runs
+
+
+def test_config_mistakes_stop_before_any_run(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "out": str(tmp_path / "out"),
+                "pretrain": {"config": "quickstart/pretrain_fs.yaml", "ratios": [0.0]},
+                "adapt": {"runs": [{"config": "quickstart/ft.yaml"}]},
+            }
+        )
+    )
+    result = run_sweep(config)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: adapt.runs[0].kind must be id or ood (not derivable from ft.yaml)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def record(method: str, kind: str, task: str, ratio: float, accs: dict, status: str = "ok"):
+    """A status record as the runner writes it, with the given per-set accuracies."""
+    return {
+        "pretrain": "fs",
+        "noise_ratio": ratio,
+        "method": method,
+        "task": task,
+        "kind": kind,
+        "exclude_sets": ["val", "clean"],
+        "status": status,
+        "run_dir": "r",
+        "log": "r/log.txt",
+        "metrics": {f"val/{name}/acc": acc for name, acc in accs.items()},
+    }
+
+
+def test_averages_follow_the_paper_rule():
+    adapt = [
+        # ID: two tasks; the mean of task means, validation sets left out
+        record("lp", "id", "a", 0.0, {"val": 0.0, "test": 0.8}),
+        record("lp", "id", "b", 0.0, {"val": 0.0, "test": 0.4}),
+        # OOD: the shifted sets only, not `val` nor the in-distribution `clean`
+        record("lp", "ood", "s", 0.0, {"val": 1.0, "clean": 1.0, "rotate": 0.2, "blur": 0.6}),
+        # a failed run empties its cell instead of averaging over fewer tasks
+        record("lp", "id", "a", 0.1, {"test": 0.9}),
+        record("lp", "id", "b", 0.1, {}, status="failed"),
+    ]
+    rows = build_rows([], adapt)
+    assert averages(rows, "id", "acc") == {"lp": {0.0: pytest.approx(0.6), 0.1: None}}
+    assert averages(rows, "ood", "acc") == {"lp": {0.0: pytest.approx(0.4)}}
