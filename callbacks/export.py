@@ -44,9 +44,12 @@ class ExportBackbone(L.Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or not trainer.is_global_zero:
+        if not self.enabled:
             return
+        # every rank: trainer.log_dir is a broadcast, so rank 0 alone would wait for the others
         directory = Path(self.dirpath or Path(trainer.log_dir or ".") / "export")
+        if not trainer.is_global_zero:
+            return
         path = write_card(
             pl_module,
             trainer.datamodule,
