@@ -26,6 +26,8 @@ from datamodules.noise import AsymmetricLabelNoise, SymmetricLabelNoise
 from datamodules.pipeline import EpochLoader, ShardStream
 from datamodules.shards import ShardSpec, ShardSpecError, read_info
 
+STAGE_SPLITS = {"fit": ("val",), "validate": ("val",), "test": ("test",)}  # evaluation sets
+
 
 class ClassificationDataModule(ShardDataModule):
     """Image + integer label shards; training labels corrupted by a seeded, keyed noise.
@@ -88,10 +90,16 @@ class ClassificationDataModule(ShardDataModule):
 
     # --- frozen-backbone features ---------------------------------------------------------
     def use_cached_features(
-        self, backbone: nn.Module, cache_dir: str, device: torch.device, two_views: bool = False
+        self,
+        backbone: nn.Module,
+        cache_dir: str,
+        device: torch.device,
+        two_views: bool = False,
+        stage: str = "fit",
     ) -> None:
-        """Extract every split once through the frozen ``backbone`` (reused from the disk
-        cache when nothing changed), then serve feature tensors instead of images."""
+        """Extract the splits that ``stage`` reads once through the frozen ``backbone``
+        (``fit``: train and val; ``validate``: val; ``test``: test), reused from the disk cache
+        when nothing changed, then serve feature tensors instead of images."""
         rank, world = self._rank_world()
         backbone.to(device)
 
@@ -124,7 +132,7 @@ class ClassificationDataModule(ShardDataModule):
         augment = self.train_views > 1
         train_folders = (
             [part(self.train_spec, augment, view)[0] for view in range(self.train_views)]
-            if self.train_spec is not None
+            if self.train_spec is not None and stage == "fit"
             else []
         )
         evaluation = {
@@ -132,6 +140,7 @@ class ClassificationDataModule(ShardDataModule):
                 name: EvaluationFeatures(part(spec, False, 0)[1]) for name, spec in specs.items()
             }
             for split, specs in self.eval_specs.items()
+            if split in STAGE_SPLITS.get(stage, ())
         }
         if self.trainer is not None:
             self.trainer.strategy.barrier("feature cache")
