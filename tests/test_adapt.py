@@ -217,3 +217,56 @@ def test_fine_tuning_gives_the_backbone_its_own_learning_rate(resnet_card, make_
         "head": {(0.01, True), (0.01, False)},
         "backbone": {(0.001, True), (0.001, False)},
     }
+
+
+def cached_parts(cache: Path, world: int) -> dict[str, list[dict]]:
+    """Every cached entry folder -> its parts for ``world`` ranks, in rank order."""
+    return {
+        folder.name: [
+            torch.load(folder / f"part-{rank}-of-{world}.pt", weights_only=True)
+            for rank in range(world)
+        ]
+        for folder in cache.iterdir()
+        if (folder / f"part-0-of-{world}.pt").is_file()
+    }
+
+
+@pytest.mark.ddp
+def test_two_ranks_extract_disjoint_parts_that_match_one_process(
+    resnet_card, make_shards, tmp_path
+):
+    """Under real 2-process DDP each rank extracts its own shards once; together the parts hold
+    every sample once, with the features one process extracts."""
+    spec = make_shards([30, 11, 25])  # odd shard count, unequal sizes: unequal parts
+    for devices in (1, 2):
+        result = run_train(
+            "fit",
+            "--config=quickstart/lp_id.yaml",
+            f"--trainer.devices={devices}",
+            f"--trainer.strategy={'ddp' if devices == 2 else 'auto'}",
+            "--trainer.max_epochs=1",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+            f"--model.init_args.backbone.card={resnet_card}",
+            f"--model.init_args.cache_dir={tmp_path / 'cache'}",
+            "--data.init_args.builtin=null",
+            f"--data.init_args.train_shards={spec}",
+            f"--data.init_args.val_shards={spec}",
+            "--data.init_args.test_in_validation=false",
+            "--data.init_args.batch_size=8",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.transform.image_size=16",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stderr  # really two processes
+    single, double = cached_parts(tmp_path / "cache", 1), cached_parts(tmp_path / "cache", 2)
+    assert set(single) == set(double) and len(single) == 1  # train and val: the same shards
+    (entry,) = single
+    whole = single[entry][0]
+    by_key = dict(zip(whole["keys"], whole["features"], strict=True))
+    assert len(by_key) == 66
+    rank_keys = [set(part["keys"]) for part in double[entry]]
+    assert not rank_keys[0] & rank_keys[1] and rank_keys[0] | rank_keys[1] == set(by_key)
+    assert all(rank_keys) and len(rank_keys[0]) != len(rank_keys[1])
+    for part in double[entry]:
+        expected = torch.stack([by_key[key] for key in part["keys"]])
+        torch.testing.assert_close(part["features"], expected, rtol=1e-5, atol=1e-5)
