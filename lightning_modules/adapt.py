@@ -6,7 +6,8 @@ and which loss terms are on:
 =========  ===========================  ================================  =====================
 method     trains                       features the classifier sees      loss
 =========  ===========================  ================================  =====================
-lp         Linear head                  frozen backbone F                 CE
+lp         Linear head (or one per      frozen backbone F                 CE
+           swept weight decay)
 mlp        residual MLP + head          Z = s * MLP(F) + F                CE
 nmtune     residual MLP + head          Z = s * MLP(F) + F                CE + NMTune terms
 lora       LoRA adapters (peft) + head  adapted backbone                  CE (+ COV, SVD terms)
@@ -32,9 +33,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from datamodules.errors import ConfigError
 from lightning_modules.backbones import Backbone, BackboneConfig
-from lightning_modules.base import NoisyTrainingModule, OptimizerConfig
+from lightning_modules.base import NoisyTrainingModule, OptimizerConfig, ParameterGroup
 from lightning_modules.heads import ResidualMLP
 from lightning_modules.lora import LoraConfig, add_lora
+from lightning_modules.probe_sweep import WeightDecaySweep
 from lightning_modules.regularizers import NMTuneLossWeights, nmtune_regularizer
 
 Method = Literal["lp", "mlp", "nmtune", "lora", "ft"]
@@ -95,6 +97,13 @@ class Adaptation(NoisyTrainingModule):
         backbone_regularizer: For ``lora``/``ft``: add the NMTune covariance and
             dominant-singular-value terms on the backbone features (the paper's extension).
         backbone_lr_scale: For ``ft``: backbone learning rate as a fraction of the head's.
+        weight_decay_sweep: For ``lp``: candidate weight decays, e.g. ``[1e-6, 1e-5, 1e-4,
+            1e-3, 1e-2]``. One linear head per value trains side by side (each with its own
+            weight decay, replacing ``optimizer.weight_decay``); after every validation the
+            head with the best accuracy on ``weight_decay_selection`` is the classifier, as
+            CLIP_benchmark's linear probe selects on a validation split. Empty: one head.
+        weight_decay_selection: The validation set (a name of ``data.val_shards``) that picks
+            the head.
         cache_features: Frozen methods train on features extracted once (False: run the
             backbone every step, as the official code does).
         cache_dir: Where cached features are written.
@@ -110,6 +119,8 @@ class Adaptation(NoisyTrainingModule):
         lora: LoraConfig = LoraConfig(),
         backbone_regularizer: bool = False,
         backbone_lr_scale: float = 0.1,
+        weight_decay_sweep: list[float] | None = None,
+        weight_decay_selection: str = "val",
         cache_features: bool = True,
         cache_dir: str = "cache/features",
         optimizer: OptimizerConfig = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=1e-4),
@@ -119,12 +130,18 @@ class Adaptation(NoisyTrainingModule):
             raise ConfigError(f"model.method must be lp, mlp, nmtune, lora or ft, got {method!r}")
         if num_classes < 2:
             raise ConfigError(f"model.num_classes must be at least 2, got {num_classes}")
+        if weight_decay_sweep and method != "lp":
+            raise ConfigError(
+                f"model.weight_decay_sweep is for method lp (the linear probe), not {method!r}"
+            )
         self.method = method
         self.num_classes = num_classes
         self.backbone_config = backbone
         self.nmtune_config = nmtune
         self.regularizer_weights = _regularizer_weights(method, nmtune, backbone_regularizer)
         self.backbone_lr_scale = backbone_lr_scale
+        self.weight_decay_sweep = list(weight_decay_sweep or [])
+        self.weight_decay_selection = weight_decay_selection
         self.cache_features = cache_features and method in FROZEN_METHODS
         self.cache_dir = cache_dir
         self.backbone: Backbone | None = backbone.build(frozen=method in FROZEN_METHODS)
@@ -135,7 +152,7 @@ class Adaptation(NoisyTrainingModule):
         if method == "ft" and self.backbone is None:
             raise ConfigError("method ft needs a backbone (model.backbone), not embeddings")
         self.transform: ResidualMLP | None = None
-        self.classifier: nn.Linear | None = None
+        self.classifier: nn.Linear | WeightDecaySweep | None = None
         if self.backbone is not None:
             self._build_head(self.backbone.dim)
         self.eval_metrics = nn.ModuleDict()
@@ -146,7 +163,11 @@ class Adaptation(NoisyTrainingModule):
             self.transform = ResidualMLP(
                 dim, self.nmtune_config.mlp_ratio, self.nmtune_config.scale_init
             )
-        self.classifier = nn.Linear(dim, self.num_classes)
+        self.classifier = (
+            WeightDecaySweep(dim, self.num_classes, self.weight_decay_sweep)
+            if self.weight_decay_sweep
+            else nn.Linear(dim, self.num_classes)
+        )
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -170,13 +191,24 @@ class Adaptation(NoisyTrainingModule):
                 self.cache_dir,
                 self.trainer.strategy.root_device,
                 two_views=self.nmtune_config.two_views,
+                stage=stage,
             )
         two_view_data = self.cache_features and getattr(datamodule, "train_views", 1) >= 2
         if self.nmtune_config.two_views and not two_view_data:
             raise ConfigError(
                 "model.nmtune.two_views needs cached features with data.train_views >= 2"
             )
+        if self.sweep is not None and stage == "fit":
+            val_names = datamodule.eval_names("val")
+            if self.weight_decay_selection not in val_names:
+                raise ConfigError(
+                    f"model.weight_decay_selection is {self.weight_decay_selection!r} but the "
+                    f"validation sets are {val_names}: name one of them (data.val_shards)"
+                )
         for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
+            if self.sweep is not None:
+                self.sweep.add_evaluation_set(name)
+                continue
             self.eval_metrics[name] = nn.ModuleDict(
                 {
                     "acc": MulticlassAccuracy(self.num_classes, average="micro"),
@@ -184,14 +216,23 @@ class Adaptation(NoisyTrainingModule):
                 }
             )
 
-    def parameter_groups(self) -> list[tuple[nn.Module, float]]:
-        """The head at the base learning rate; the backbone's trainable part (LoRA adapters, or
-        everything for FT at ``backbone_lr_scale``) beside it."""
-        head = nn.ModuleList([m for m in (self.transform, self.classifier) if m is not None])
+    @property
+    def sweep(self) -> WeightDecaySweep | None:
+        return self.classifier if isinstance(self.classifier, WeightDecaySweep) else None
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """The head at the base learning rate (each swept head with its weight decay); the
+        backbone's trainable part (LoRA adapters, or everything for FT at
+        ``backbone_lr_scale``) beside it."""
+        if self.sweep is not None:
+            groups = [ParameterGroup(head, 1.0, wd) for head, wd in self.sweep.parameter_groups()]
+        else:
+            head = nn.ModuleList([m for m in (self.transform, self.classifier) if m is not None])
+            groups = [ParameterGroup(head)]
         if self.backbone is None:
-            return [(head, 1.0)]
+            return groups
         scale = self.backbone_lr_scale if self.method == "ft" else 1.0
-        return [(head, 1.0), (self.backbone, scale)]
+        return [*groups, ParameterGroup(self.backbone, scale)]
 
     @property
     def feature_dim(self) -> int:
@@ -219,8 +260,12 @@ class Adaptation(NoisyTrainingModule):
         if self.nmtune_config.two_views:  # CE on both views; MSE between Z(strong) and F(weak)
             transformed = self._transform(self._backbone_features(batch, "features_strong"))
             rows, labels = torch.cat([rows, transformed]), torch.cat([labels, labels])
-        loss = F.cross_entropy(self.classifier(rows), labels)
-        self.log("train/ce", loss, on_step=True, on_epoch=True, prog_bar=True)
+        if self.sweep is not None:  # summed over the heads; logged as their mean
+            loss = self.sweep.loss(rows, labels)
+            self.log("train/ce", loss / len(self.sweep.heads), on_step=True, on_epoch=True)
+        else:
+            loss = F.cross_entropy(self.classifier(rows), labels)
+            self.log("train/ce", loss, on_step=True, on_epoch=True, prog_bar=True)
         if self.regularizer_weights is not None:
             terms = nmtune_regularizer(features, transformed, self.regularizer_weights, rows)
             for name, value in terms.items():
@@ -232,9 +277,27 @@ class Adaptation(NoisyTrainingModule):
     def evaluate(self, batch: dict[str, Any], split: str, name: str) -> dict:
         """Accuracy and macro F1 per evaluation set; Z (or F) goes to the spectrum callback."""
         transformed = self.features(batch)
+        if self.sweep is not None:  # every head is scored; logged at the end of the epoch
+            self.sweep.update(name, transformed, batch["label"])
+            return {"features": transformed}
         logits = self.classifier(transformed)
         self.log_classification(f"{split}/{name}", logits, batch["label"], self.eval_metrics[name])
         return {"features": transformed}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.sweep is not None:
+            selection = None if self.trainer.sanity_checking else self.weight_decay_selection
+            self._log_sweep("val", selection)
+
+    def on_test_epoch_end(self) -> None:
+        if self.sweep is not None:
+            self._log_sweep("test", None)
+
+    def _log_sweep(self, split: str, selection: str | None) -> None:
+        """The selected head's metrics (picked on ``selection`` first, when given), every
+        head's accuracy, and the selected weight decay; already synced across ranks."""
+        logs = self.sweep.compute(self.trainer.datamodule.eval_names(split), selection)
+        self.log_dict({f"{split}/{key}": value for key, value in logs.items()}, sync_dist=False)
 
     # --- optimisation -------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -252,8 +315,15 @@ class Adaptation(NoisyTrainingModule):
             if param.requires_grad
         }
         save_file(trainable, str(path))
+        sweep = (
+            {"weight_decay_sweep": self.weight_decay_sweep,
+             "selected_weight_decay": self.sweep.selected_weight_decay}
+            if self.sweep is not None
+            else {}
+        )  # fmt: skip
         return {
             "method": self.method,
+            **sweep,
             "backbone": json.loads(json.dumps(asdict(self.backbone_config))),
             "num_classes": self.num_classes,
             "weights": path.name,

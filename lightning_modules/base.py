@@ -61,6 +61,16 @@ class OptimizerConfig:
         )
 
 
+@dataclass(frozen=True)
+class ParameterGroup:
+    """Parameters optimised together: a learning-rate scale and, when set, their own weight
+    decay (else ``optimizer.weight_decay``)."""
+
+    module: torch.nn.Module
+    lr_scale: float = 1.0
+    weight_decay: float | None = None
+
+
 class NoisyTrainingModule(L.LightningModule):
     """Base of the pre-training and adaptation modules.
 
@@ -79,9 +89,9 @@ class NoisyTrainingModule(L.LightningModule):
         """The module whose parameters are optimised."""
         raise NotImplementedError
 
-    def parameter_groups(self) -> list[tuple[torch.nn.Module, float]]:
-        """(module, learning-rate scale) pairs to optimise; frozen parameters are left out."""
-        return [(self.trainable_model(), 1.0)]
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """What to optimise, in groups; frozen parameters are left out."""
+        return [ParameterGroup(self.trainable_model())]
 
     @property
     def feature_dim(self) -> int:
@@ -128,11 +138,11 @@ class NoisyTrainingModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_config
         groups = [
-            {**group, "lr": cfg.lr * scale}
-            for module, scale in self.parameter_groups()
-            for group in param_groups_weight_decay(
-                module, cfg.weight_decay
-            )  # no decay: norms, biases
+            {**group, "lr": cfg.lr * spec.lr_scale}
+            for spec in self.parameter_groups()
+            for group in param_groups_weight_decay(  # no decay on norms and biases, as timm
+                spec.module, cfg.weight_decay if spec.weight_decay is None else spec.weight_decay
+            )
             if group["params"]
         ]
         optimizer = create_optimizer_v2(
