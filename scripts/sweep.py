@@ -5,6 +5,8 @@ Usage::
     python scripts/sweep.py configs/quickstart/sweep.yaml                 # run (or resume), report
     python scripts/sweep.py configs/sweep.yaml --out runs/paper --jobs 4  # 4 adaptations at once
     python scripts/sweep.py configs/quickstart/sweep.yaml --only-report   # rebuild the report
+    python scripts/sweep.py configs/sweep.yaml --ratio 0.1                # one ratio's runs only
+    python scripts/sweep.py configs/sweep.yaml --ratio 0.1 --print-commands  # its train.py lines
 
 Every run is a real ``python train.py fit --config ...`` subprocess, so each one is reproducible
 on its own: its folder holds the ``config.yaml`` LightningCLI saved (``python train.py fit
@@ -52,6 +54,15 @@ interruption, and deleting one ``result.json`` reruns that run only. Pre-trainin
 the other; ``--jobs N`` then runs N adaptations at once (the runs sharing a backbone and task run
 in order in one slot, so their feature cache is written once), each with ``OMP_NUM_THREADS`` =
 cores / N unless it is set, so that N runs do not oversubscribe the cores.
+
+On a cluster, the runs of one noise ratio depend only on each other: ``--ratio R`` (repeatable)
+runs those alone, e.g. one array job per ratio into a shared ``out`` folder, then
+``--only-report`` once they are done. ``--print-commands`` prints the ``train.py`` command of
+each selected run instead of running it, to launch it under ``srun`` or ``torchrun`` (add
+``--trainer.num_nodes``/``devices`` to the overrides). A run launched that way counts as done
+once its export card exists (the sweep adopts it: ``result.json`` from the card); a run the sweep
+launched itself has a ``log.txt`` and needs its ``result.json``, so deleting that still reruns
+it.
 """
 
 from __future__ import annotations
@@ -127,6 +138,13 @@ class Run:
             "run_dir": str(self.directory),
             "log": str(log_dir / LOG),
         }
+
+    def launched_outside(self) -> bool:
+        """Finished by a hand-launched command (``--print-commands``): an export card, and no
+        ``log.txt`` of a run the sweep launched itself."""
+        return (self.directory / "export" / "card.json").is_file() and not (
+            self.directory / LOG
+        ).is_file()
 
     def status(self) -> dict[str, Any]:
         """The run's record as its folder says: result.json, failed.json, else missing. Labels
@@ -335,6 +353,14 @@ def card_summary(card: Path) -> dict[str, Any]:
     return summary
 
 
+def adopt(run: Run) -> None:
+    """Write ``result.json`` for a run launched outside the sweep, from its export card."""
+    card = run.directory / "export" / "card.json"
+    record = {**run.record("ok"), "card": str(card), **card_summary(card)}
+    record |= {"command": "launched outside the sweep", "returncode": 0, "seconds": None}
+    (run.directory / RESULT).write_text(json.dumps(record, indent=2))
+
+
 def skip(run: Run) -> dict[str, Any]:
     """Record an adaptation whose backbone is missing as skipped, pointing at the reason."""
     run.directory.mkdir(parents=True, exist_ok=True)
@@ -373,6 +399,10 @@ def parallel_env(jobs: int) -> dict[str, str] | None:
 
 def run_sweep(runs: list[Run], jobs: int) -> int:
     """Run what has no result yet; return the number of runs that failed or were skipped."""
+    for run in runs:
+        if not (run.directory / RESULT).is_file() and run.launched_outside():
+            adopt(run)
+            print(f"  adopted (launched outside the sweep): {run.label}", flush=True)
     todo = [run for run in runs if not (run.directory / RESULT).is_file()]
     print(f"plan: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
     for run in todo:
@@ -400,12 +430,35 @@ def report(runs: list[Run], out: Path, title: str) -> list[Path]:
     return write_report(out, title, pretrain, adapt)
 
 
+def select_ratios(runs: list[Run], ratios: list[float] | None) -> list[Run]:
+    """The runs of the given noise ratios (all runs without any)."""
+    if not ratios:
+        return runs
+    planned = sorted({run.ratio for run in runs})
+    unknown = [r for r in ratios if ratio_folder(r) not in map(ratio_folder, planned)]
+    if unknown:
+        raise SweepError(f"--ratio {unknown[0]} is not in pretrain.ratios {planned}")
+    wanted = {ratio_folder(r) for r in ratios}
+    return [run for run in runs if ratio_folder(run.ratio) in wanted]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path, help="the sweep YAML")
     parser.add_argument("--out", type=Path, help="output folder (default: the YAML's `out`)")
     parser.add_argument("--jobs", type=int, help="adaptation runs at once (default: 1)")
     parser.add_argument("--only-report", action="store_true", help="run nothing, rebuild report")
+    parser.add_argument(
+        "--ratio",
+        type=float,
+        action="append",
+        help="run only this noise ratio's pre-training and adaptations (repeatable)",
+    )
+    parser.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print the train.py command of each selected run instead of running it",
+    )
     args = parser.parse_args(argv)
     try:
         sweep = yaml.safe_load(args.config.read_text()) or {}
@@ -414,12 +467,19 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(jobs, int) or jobs < 1:
             raise SweepError(f"jobs must be a positive integer, got {jobs!r}")
         runs = plan(sweep, out)
+        selected = select_ratios(runs, args.ratio)
     except (OSError, yaml.YAMLError, SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.print_commands:
+        for run in selected:
+            print(
+                f"# {run.label}\n{shlex.join([sys.executable, str(REPO / 'train.py'), *run.args])}"
+            )
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    failed = 0 if args.only_report else run_sweep(runs, jobs)
+    failed = 0 if args.only_report else run_sweep(selected, jobs)
     paths = report(runs, out, runs[0].pretrain)
     if not args.only_report:
         print(f"sweep finished in {time.monotonic() - start:.0f} s, {failed} not succeeded")

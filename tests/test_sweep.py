@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -198,6 +199,41 @@ def test_failed_runs_are_reported_and_the_others_complete(
     assert f"`{out / 'adapt/ratio_0.10/lp_broken/log.txt'}`" in summary
     assert f"`{pretrain_log}`" in summary
     assert "| lp_broken | – | – | – |" in summary  # no average from failed runs
+
+
+def test_one_ratio_launched_by_hand_is_adopted_and_the_rest_of_it_runs(
+    builtin_root, tiny_fashion_mnist, tmp_path
+):
+    """The cluster path: print one ratio's commands, launch its pre-training by hand (as under
+    srun), then `--ratio` runs only what that ratio still needs."""
+    config = sweep_config(tmp_path, builtin_root, tiny_fashion_mnist)
+    out = tmp_path / "out"
+    printed = run_sweep(config, "--ratio", "0.1", "--print-commands")
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    lines = printed.stdout.splitlines()
+    assert lines[0::2] == ["# pretrain_fs/ratio_0.10", "# adapt/ratio_0.10/lp_id"]
+    assert "--data.init_args.noise_ratio=0.1" in lines[1] and "ratio_0.00" not in printed.stdout
+    assert not out.exists()  # printing runs nothing
+
+    by_hand = subprocess.run(
+        shlex.split(lines[1]), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert by_hand.returncode == 0, by_hand.stderr[-3000:]
+    result = run_sweep(config, "--ratio", "0.1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "adopted (launched outside the sweep): pretrain_fs/ratio_0.10" in result.stdout
+    assert "plan: 2 runs, 1 done, 1 to run" in result.stdout
+    assert set(results(out)) == {
+        "pretrain_fs/ratio_0.10/result.json",
+        "adapt/ratio_0.10/lp_id/result.json",
+    }
+    assert not (out / "pretrain_fs/ratio_0.10/log.txt").exists()
+    status = {(r["noise_ratio"], r["test_set"]): r["status"] for r in read_summary(out)}
+    assert status[("0.1", "test")] == "ok" and status[("0.0", "")] == "missing"
+
+    unknown = run_sweep(config, "--ratio", "0.7")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "error: --ratio 0.7 is not in pretrain.ratios [0.0, 0.1]"
 
 
 def test_config_mistakes_stop_before_any_run(tmp_path):
