@@ -270,3 +270,45 @@ def test_two_ranks_extract_disjoint_parts_that_match_one_process(
     for part in double[entry]:
         expected = torch.stack([by_key[key] for key in part["keys"]])
         torch.testing.assert_close(part["features"], expected, rtol=1e-5, atol=1e-5)
+
+
+OOD_SETS = ("clean", "blur", "noise", "rotate", "low_contrast", "invert")
+
+
+@pytest.mark.parametrize(
+    ("config", "card", "sets", "extra"),
+    [
+        ("nmtune_ood", "resnet_card", OOD_SETS, []),
+        ("mlp_id", "resnet_card", ("val", "test"), []),
+        ("lora", "vit_card", ("val", "test"), ["--data.init_args.transform.image_size=16"]),
+        ("ft", "resnet_card", ("val", "test"), []),
+    ],
+)
+def test_quickstart_adaptations_run_through_train_py(
+    config, card, sets, extra, builtin_root, tiny_fashion_mnist, tmp_path, request
+):
+    """The quickstart configs as a user runs them (on the tiny built-in suites): every
+    evaluation set gets accuracy, macro F1 and its spectrum metric in the exported card."""
+    result = run_train(
+        "fit",
+        f"--config=quickstart/{config}.yaml",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_checkpointing=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--model.init_args.backbone.card={request.getfixturevalue(card)}",
+        f"--model.init_args.cache_dir={tmp_path / 'cache'}",
+        f"--data.init_args.builtin_root={builtin_root}",
+        f"--data.init_args.builtin_source={tiny_fashion_mnist}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=16",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (card_path,) = tmp_path.glob("*/version_0/export/card.json")
+    metrics = json.loads(card_path.read_text())["metrics"]
+    spectrum = "lsvr" if config.endswith("ood") else "sve"
+    for name in sets:
+        for key in (f"val/{name}/acc", f"val/{name}/f1", f"spectrum/{name}/{spectrum}"):
+            assert 0 <= metrics[key] < float("inf"), key
