@@ -176,6 +176,13 @@ class Adaptation(NoisyTrainingModule):
             raise ConfigError(
                 f"model.num_classes is {self.num_classes} but data.num_classes is {declared}"
             )
+        if self.weight_decay_sweep and stage == "fit":  # before any extraction
+            val_names = datamodule.eval_names("val")
+            if self.weight_decay_selection not in val_names:
+                raise ConfigError(
+                    f"model.weight_decay_selection is {self.weight_decay_selection!r} but the "
+                    f"validation sets are {val_names}: name one of them (data.val_shards)"
+                )
         if self.backbone is None:
             if self.classifier is None:
                 self._build_head(datamodule.embedding_dim)
@@ -198,13 +205,6 @@ class Adaptation(NoisyTrainingModule):
             raise ConfigError(
                 "model.nmtune.two_views needs cached features with data.train_views >= 2"
             )
-        if self.sweep is not None and stage == "fit":
-            val_names = datamodule.eval_names("val")
-            if self.weight_decay_selection not in val_names:
-                raise ConfigError(
-                    f"model.weight_decay_selection is {self.weight_decay_selection!r} but the "
-                    f"validation sets are {val_names}: name one of them (data.val_shards)"
-                )
         for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
             if self.sweep is not None:
                 self.sweep.add_evaluation_set(name)
