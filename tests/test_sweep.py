@@ -236,6 +236,25 @@ def test_one_ratio_launched_by_hand_is_adopted_and_the_rest_of_it_runs(
     assert unknown.stderr.strip() == "error: --ratio 0.7 is not in pretrain.ratios [0.0, 0.1]"
 
 
+def test_the_clip_variant_swaps_captions_and_adapts_with_clip_normalisation(tmp_path):
+    """configs/quickstart/sweep_clip.yaml: CLIP pre-training at each ratio through the caption
+    swap option, then the same adaptations with the CLIP normalisation."""
+    result = run_sweep(
+        REPO / "configs/quickstart/sweep_clip.yaml", "--out", tmp_path, "--print-commands"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = dict(zip(*[iter(result.stdout.splitlines())] * 2, strict=True))
+    ratios = ["0.00", "0.05", "0.10", "0.20", "0.30"]
+    assert [label for label in commands if label.startswith("# pretrain")] == [
+        f"# pretrain_clip/ratio_{r}" for r in ratios
+    ]
+    assert "quickstart/pretrain_clip.yaml" in commands["# pretrain_clip/ratio_0.20"]
+    assert "--data.init_args.caption_noise_ratio=0.2 " in commands["# pretrain_clip/ratio_0.20"]
+    adaptations = [command for label, command in commands.items() if "adapt/" in label]
+    assert len(adaptations) == 6 * len(ratios)
+    assert all("--data.init_args.transform.normalization=clip" in c for c in adaptations)
+
+
 def test_config_mistakes_stop_before_any_run(tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text(
