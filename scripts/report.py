@@ -150,6 +150,12 @@ def markdown_table(table: Averages, ratios: list[float], scale: float, digits: i
     return lines
 
 
+def noise_kind(pretrain: list[dict[str, Any]]) -> str:
+    """``caption`` when the pre-trainings swapped captions (CLIP), else ``label``."""
+    types = {(record.get("noise") or {}).get("type") for record in pretrain}
+    return "caption" if "caption_swap" in types else "label"
+
+
 def markdown(
     title: str,
     rows: list[dict[str, Any]],
@@ -160,7 +166,8 @@ def markdown(
     lines = [
         f"# Noise sweep: {title}",
         "",
-        "Rows: adaptation method; columns: label-noise ratio of the pre-training data. "
+        f"Rows: adaptation method; columns: {noise_kind(pretrain)}-noise ratio of the "
+        "pre-training data. "
         "ID: mean over the in-domain tasks of the mean over each task's test sets; OOD: the "
         "same over the out-of-domain tasks' shifted test sets. Sets listed in a run's "
         "`exclude_sets` (default `val`, `clean`: validation and in-distribution sets) are left "
@@ -205,6 +212,7 @@ def plot_panels(
     rows: list[dict[str, Any]],
     ratios: list[float],
     title: str,
+    noise: str,
 ) -> Path:
     """One panel per ``(kind, metric, y label, panel title)``: a line per method, x in %."""
     figure = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
@@ -217,7 +225,7 @@ def plot_panels(
                 xs, ys = zip(*points, strict=True)
                 axis.plot(xs, ys, marker="o", linewidth=1.8, label=method)
         axis.set_xticks([r * 100 for r in ratios])
-        axis.set_xlabel("pre-training label noise (%)")
+        axis.set_xlabel(f"pre-training {noise} noise (%)")
         axis.set_ylabel(ylabel)
         counted = {
             (r["task"], r["test_set"]) for r in rows if r["kind"] == kind and r["in_average"]
@@ -242,6 +250,7 @@ def write_report(
     """Write the CSV, the markdown tables and the two figures into ``out``; return their paths."""
     rows = build_rows(pretrain, adapt)
     ratios = sorted({record["noise_ratio"] for record in pretrain + adapt})
+    noise = noise_kind(pretrain)
     (out / "summary.md").write_text(markdown(title, rows, pretrain, adapt, ratios))
     accuracy = [
         (kind, "acc", "mean accuracy (%)", KIND_TITLES[kind] + " accuracy")
@@ -260,6 +269,7 @@ def write_report(
             rows,
             ratios,
             f"Downstream accuracy vs pre-training noise ({title})",
+            noise,
         ),
         plot_panels(
             out / "spectrum.png",
@@ -267,5 +277,6 @@ def write_report(
             rows,
             ratios,
             f"Feature spectrum vs pre-training noise ({title})",
+            noise,
         ),
     ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.report import COLUMNS, averages, build_rows
+from scripts.report import COLUMNS, averages, build_rows, noise_kind
 from tests.conftest import REPO
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -304,3 +304,8 @@ def test_averages_follow_the_paper_rule():
     rows = build_rows([], adapt)
     assert averages(rows, "id", "acc") == {"lp": {0.0: pytest.approx(0.6), 0.1: None}}
     assert averages(rows, "ood", "acc") == {"lp": {0.0: pytest.approx(0.4)}}
+
+
+def test_the_report_names_the_kind_of_noise():
+    assert noise_kind([{"noise": {"type": "caption_swap", "ratio": 0.1}}]) == "caption"
+    assert noise_kind([{"noise": {"type": "symmetric", "ratio": 0.1}}, {"noise": None}]) == "label"
