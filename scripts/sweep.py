@@ -430,6 +430,17 @@ def report(runs: list[Run], out: Path, title: str) -> list[Path]:
     return write_report(out, title, pretrain, adapt)
 
 
+def print_commands(runs: list[Run]) -> None:
+    """Each run's label as a comment, then its train.py command line; quiet when the reader
+    stops early (``| head``)."""
+    try:
+        for run in runs:
+            print(f"# {run.label}")
+            print(shlex.join([sys.executable, str(REPO / "train.py"), *run.args]), flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def select_ratios(runs: list[Run], ratios: list[float] | None) -> list[Run]:
     """The runs of the given noise ratios (all runs without any)."""
     if not ratios:
@@ -472,10 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.print_commands:
-        for run in selected:
-            print(
-                f"# {run.label}\n{shlex.join([sys.executable, str(REPO / 'train.py'), *run.args])}"
-            )
+        print_commands(selected)
         return 0
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
