@@ -17,7 +17,9 @@ Measured side by side in one run:
    The backbone is ``--model`` (a timm architecture with random weights: the timing does not
    depend on them) when given, else the FS quickstart's export
    (``runs/quickstart_pretrain_fs/export/card.json``; without it a randomly initialised card is
-   written into a temporary folder; ``--card`` picks another). Each fit starts from
+   written into a temporary folder; ``--card`` picks another). ``--train-samples`` and
+   ``--val-samples`` keep only the first images of each split (copied into new shards), so a
+   large backbone at a large size can be timed on a CPU in minutes. Each fit starts from
    ``seed_everything(0)``. The variants run interleaved ``--repeats`` times, the order
    alternating (a, b, b, a, ...). Reported: the median ``fit`` wall time of each and the spread
    of its repeats, the median train/validation epoch times, the final ``val/val/acc`` of each,
@@ -43,6 +45,8 @@ Run from the repository root::
     python -m benchmarks.adaptation_speed --threads 0     # torch's default threads
     python -m benchmarks.adaptation_speed --model resnet50 --image-size 64 --reg-repeats 0
                                                           # a paper-class backbone
+    python -m benchmarks.adaptation_speed --model resnet50 --image-size 224 \
+        --train-samples 640 --val-samples 128 --repeats 1 --reg-repeats 0   # at the paper's size
 
 Defaults are sized for about 5 minutes on 2 CPUs shared with other jobs (3.5 minutes at a load
 average of 3.5 to 5): ``--reg-steps`` is 10, not 50 (a step at D = 2048 takes 0.4 to 1.2 s there),
@@ -56,9 +60,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import logging
 import os
 import statistics
+import tarfile
 import tempfile
 import time
 import warnings
@@ -70,11 +76,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from webdataset.tariterators import base_plus_ext
 
 import datamodules.features as features_module
 from benchmarks.common import machine_info, print_ratios, write_results
 from callbacks.export import write_card
+from datamodules.builtin import prepare_builtin
 from datamodules.classification import ClassificationDataModule
+from datamodules.shards import parse_shards
 from datamodules.transforms import TransformConfig
 from lightning_modules.adapt import Adaptation
 from lightning_modules.backbones import BackboneConfig
@@ -166,11 +175,37 @@ def find_card(args: argparse.Namespace, scratch: Path) -> tuple[Path, str]:
     return write_card(module, None, scratch / "card", epochs=0, metrics={}), "random weights"
 
 
-def data_module(args: argparse.Namespace) -> TimedDataModule:
+def first_samples(spec: str, count: int, folder: Path, split: str, shards: int) -> str:
+    """The first ``count`` samples of the shards ``spec``, copied byte for byte into ``shards``
+    new shards (one per loader worker at least), for timing a large backbone on a CPU in
+    minutes; returns their spec with the count."""
+    samples: dict[str, list[tuple[tarfile.TarInfo, bytes]]] = {}
+    for url in parse_shards(spec).urls:
+        with tarfile.open(url) as source:
+            for member in source:
+                key = base_plus_ext(member.name)[0]
+                if key not in samples and len(samples) == count:
+                    break
+                samples.setdefault(key, []).append((member, source.extractfile(member).read()))
+        if len(samples) == count:
+            break
+    else:
+        raise SystemExit(f"error: {spec} has {len(samples)} samples, not the {count} asked for")
+    groups = list(samples.values())
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(shards):
+        with tarfile.open(folder / f"{split}-{index:04d}.tar", "w") as out:
+            for files in groups[index::shards]:
+                for member, data in files:
+                    out.addfile(member, io.BytesIO(data))
+    return f"{folder}/{split}-{{0000..{shards - 1:04d}}}.tar|{count}"
+
+
+def data_module(args: argparse.Namespace, shards: dict[str, str]) -> TimedDataModule:
     """``configs/quickstart/nmtune_id.yaml``'s data (without the test sets in validation)."""
     return TimedDataModule(
-        builtin="fmnist_heldout",
-        builtin_root=args.root,
+        train_shards=shards["train"],
+        val_shards={"val": shards["val"]},
         num_classes=10,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -178,7 +213,22 @@ def data_module(args: argparse.Namespace) -> TimedDataModule:
     )
 
 
-def fit_once(args: argparse.Namespace, card: Path, cached: bool, scratch: Path) -> dict[str, Any]:
+def training_shards(args: argparse.Namespace, scratch: Path) -> dict[str, str]:
+    """The built-in held-out Fashion-MNIST train and val splits, or their first
+    ``--train-samples`` / ``--val-samples`` samples."""
+    specs = prepare_builtin("fmnist_heldout", args.root)["classification"]
+    limits = {"train": args.train_samples, "val": args.val_samples}
+    return {
+        split: first_samples(specs[split], limit, scratch / "subset", split, args.num_workers + 1)
+        if limit
+        else specs[split]
+        for split, limit in limits.items()
+    }
+
+
+def fit_once(
+    args: argparse.Namespace, card: Path, shards: dict[str, str], cached: bool, scratch: Path
+) -> dict[str, Any]:
     """One ``trainer.fit`` of NMTune for ``--epochs`` epochs; times, extraction, accuracy."""
     L.seed_everything(0, verbose=False)
     start = time.perf_counter()
@@ -187,7 +237,7 @@ def fit_once(args: argparse.Namespace, card: Path, cached: bool, scratch: Path) 
         "nmtune", 10, BackboneConfig(card=str(card)), cache_features=cached, cache_dir=cache_dir
     )
     build_s = time.perf_counter() - start
-    data = data_module(args)
+    data = data_module(args, shards)
     timer = EpochTimer()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -217,11 +267,12 @@ def fit_once(args: argparse.Namespace, card: Path, cached: bool, scratch: Path) 
 
 
 def measure_end_to_end(args: argparse.Namespace, card: Path, scratch: Path) -> dict[str, Any]:
+    shards = training_shards(args, scratch)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     for repeat in range(args.repeats):
         order = list(VARIANTS) if repeat % 2 == 0 else list(VARIANTS)[::-1]  # a b, b a, ...
         for name in order:
-            result = fit_once(args, card, name == "cached", scratch)
+            result = fit_once(args, card, shards, name == "cached", scratch)
             runs[name].append(result)
             extraction = result["extraction_s"]
             print(
@@ -480,6 +531,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument(
+        "--train-samples", type=int, default=0, help="only the first N training images (0: all)"
+    )
+    parser.add_argument(
+        "--val-samples", type=int, default=0, help="only the first N validation images (0: all)"
+    )
     parser.add_argument("--reg-batch", type=int, default=256)
     parser.add_argument("--reg-dim", type=int, default=2048)
     parser.add_argument("--reg-steps", type=int, default=10, help="timed steps per repeat")

@@ -1,10 +1,11 @@
-"""``python -m benchmarks.run_all``: every benchmark in its own process, one combined JSON."""
+"""Benchmark tooling: `benchmarks.run_all` (one JSON for all) and the adaptation subsets."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,3 +50,27 @@ def test_bad_args_name_the_benchmarks() -> None:
     assert done.returncode != 0
     assert "adaptation_speed" in done.stderr and "'nonsense=--fast'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_adaptation_speed_subsets_copy_the_first_samples_byte_for_byte(make_shards, tmp_path):
+    """``--train-samples N``: the first N samples, whole, spread over one shard per reader."""
+    from benchmarks.adaptation_speed import first_samples
+
+    spec = make_shards([5, 7])
+
+    def samples(urls: list[str]) -> dict[str, dict[str, bytes]]:
+        found: dict[str, dict[str, bytes]] = {}
+        for url in urls:
+            with tarfile.open(url) as tar:
+                for member in tar:
+                    key, ext = member.name.split(".", 1)
+                    found.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        return found
+
+    subset = first_samples(spec, 8, tmp_path / "subset", "train", 3)
+    assert subset == f"{tmp_path / 'subset'}/train-{{0000..0002}}.tar|8"
+    shards = sorted((tmp_path / "subset").glob("train-*.tar"))
+    assert [len(samples([str(s)])) for s in shards] == [3, 3, 2]
+    original = samples(sorted(str(p) for p in (tmp_path / "train").glob("*.tar")))
+    first = dict(list(original.items())[:8])
+    assert samples([str(s) for s in shards]) == first
