@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning import Trainer
@@ -64,24 +66,19 @@ class SuiteCLI(LightningCLI):
 
 def main(argv: list[str] | None = None) -> None:
     args = resolve_config_paths(sys.argv[1:] if argv is None else argv)
-    try:
-        SuiteCLI(
-            NoisyTrainingModule,
-            ShardDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
-    except SIGTERMException:  # Lightning ends the step in flight and exits 0; say it stopped
-        print("stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
-    except Exception as err:
-        mistake = user_mistake(err)
-        if mistake is None:
-            raise
-        print(f"error: {mistake}", file=sys.stderr)
-        sys.exit(2)
+    with exit_on_user_mistake():
+        try:
+            SuiteCLI(
+                NoisyTrainingModule,
+                ShardDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+                args=args,
+            )
+        except SIGTERMException:  # Lightning ends the step in flight and exits 0; say so
+            print("stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
 
 
 def find_last_checkpoint(trainer: Trainer) -> Path:
@@ -99,6 +96,20 @@ def find_last_checkpoint(trainer: Trainer) -> Path:
         searched = ", ".join(str(f) for f in folders) or "(no checkpoint folder)"
         raise ConfigError(f"--ckpt_path last: no last.ckpt in {searched}; nothing to resume")
     return max(found, key=lambda path: path.stat().st_mtime)
+
+
+@contextmanager
+def exit_on_user_mistake() -> Iterator[None]:
+    """A config or data mistake raised inside ends the program with one ``error:`` line and
+    exit status 2; anything else propagates with its traceback."""
+    try:
+        yield
+    except Exception as err:
+        mistake = user_mistake(err)
+        if mistake is None:
+            raise
+        print(f"error: {mistake}", file=sys.stderr)
+        sys.exit(2)
 
 
 def user_mistake(err: BaseException) -> str | None:

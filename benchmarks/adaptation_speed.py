@@ -61,13 +61,11 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import logging
 import os
 import statistics
 import tarfile
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,7 +77,7 @@ from torch import nn
 from webdataset.tariterators import base_plus_ext
 
 import datamodules.features as features_module
-from benchmarks.common import machine_info, print_ratios, write_results
+from benchmarks.common import machine_info, print_ratios, publish, quiet_lightning
 from callbacks.export import write_card
 from datamodules.builtin import prepare_builtin
 from datamodules.classification import ClassificationDataModule
@@ -553,19 +551,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # the extraction's per-batch progress bars flood a log file (TQDM_DISABLE is read at import)
     features_module.tqdm = functools.partial(features_module.tqdm, disable=True)
-    # Lightning's per-fit notes (accelerators, tips, loader hints): noise in the output
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    for message in (
-        "does not have many workers",
-        "infer the `batch_size`",
-        "LeafSpec",
-        "`IterableDataset` has `__len__`",
-    ):
-        warnings.filterwarnings("ignore", f".*{message}.*")
-    results = run(args)
-    report(results)
-    path = write_results(NAME, results, args.out)
-    print(f"wrote {path}")
+    quiet_lightning()
+    publish(NAME, run(args), report, args.out)
 
 
 if __name__ == "__main__":

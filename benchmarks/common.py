@@ -7,10 +7,12 @@ Results go to ``benchmarks/results/<name>.json`` (git-ignored). Benchmarks are r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,29 @@ def print_ratios(name: str, ratios: Mapping[str, float], note: str = "") -> str:
     line = f"[{name}] {parts}" + (f" {note}" if note else "")
     print(line)
     return line
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-fit notes (accelerators, tips, loader hints): noise in the
+    output of a benchmark that fits many times."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for message in (
+        "does not have many workers",
+        "infer the `batch_size`",
+        "LeafSpec",
+        "`IterableDataset` has `__len__`",
+    ):
+        warnings.filterwarnings("ignore", f".*{message}.*")
+
+
+def publish(
+    name: str,
+    results: Mapping[str, Any],
+    report: Callable[[Mapping[str, Any]], None],
+    path: str | Path | None,
+) -> Path:
+    """Print the report, write the JSON and say where."""
+    report(results)
+    target = write_results(name, results, path)
+    print(f"wrote {target}")
+    return target

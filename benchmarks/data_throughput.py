@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from benchmarks.common import machine_info, print_ratios, write_results
+from benchmarks.common import machine_info, print_ratios, publish
 from datamodules.builtin import FASHION_MNIST_CLASSES, prepare_fashion_mnist
 from datamodules.formats import IMAGE_KEYS, ClassificationFormat, decode_image
 from datamodules.noise import SymmetricLabelNoise
@@ -253,10 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    results = run(args)
-    report(results)
-    path = write_results(NAME, results, args.out)
-    print(f"wrote {path}")
+    publish(NAME, run(args), report, args.out)
 
 
 if __name__ == "__main__":

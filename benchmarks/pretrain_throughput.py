@@ -47,18 +47,16 @@ never assert them.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
 
-from benchmarks.common import machine_info, print_ratios, write_results
+from benchmarks.common import machine_info, print_ratios, publish, quiet_lightning
 from datamodules.classification import ClassificationDataModule
 from datamodules.transforms import TransformConfig
 from lightning_modules.base import OptimizerConfig
@@ -367,19 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # Lightning's per-fit notes (accelerators, tips, loader hints): noise in the output
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    for message in (
-        "does not have many workers",
-        "infer the `batch_size`",
-        "LeafSpec",
-        "`IterableDataset` has `__len__`",
-    ):
-        warnings.filterwarnings("ignore", f".*{message}.*")
-    results = run(args)
-    report(results)
-    path = write_results(NAME, results, args.out)
-    print(f"wrote {path}")
+    quiet_lightning()
+    publish(NAME, run(args), report, args.out)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import machine_info, print_ratios, write_results
+from benchmarks.common import machine_info, print_ratios, publish
 from callbacks.spectrum import (
     GramAccumulator,
     largest_singular_value_ratio,
@@ -580,10 +580,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    results = run(args)
-    report(results)
-    path = write_results(NAME, results, args.out)
-    print(f"wrote {path}")
+    publish(NAME, run(args), report, args.out)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from datamodules.pipeline import EpochLoader, ShardStream
 from datamodules.shards import ShardSpec, parse_shards
 from datamodules.transforms import TransformConfig
 from lightning_modules.backbones import Backbone, BackboneConfig
-from train import user_mistake
+from train import exit_on_user_mistake
 
 NAMED_SPEC = re.compile(r"^([\w.-]+)=(.+)$")
 NO_LABEL_BOUND = sys.maxsize  # labels are not used, so by default none is out of range
@@ -264,14 +264,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with exit_on_user_mistake():
         report = run(args)
-    except Exception as err:
-        mistake = user_mistake(err)
-        if mistake is None:
-            raise
-        print(f"error: {mistake}", file=sys.stderr)
-        sys.exit(2)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules.builtin import FASHION_MNIST_DEFAULT_DIR, read_idx
 
@@ -106,3 +107,10 @@ def run_train(
         timeout=timeout,
         env=full_env,
     )
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar a run logged to TensorBoard: tag -> values in step order."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}

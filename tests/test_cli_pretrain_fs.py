@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
 from lightning_modules.pretrain_fs import SupervisedPretraining
-from tests.conftest import REPO, run_train
+from tests.conftest import REPO, run_train, scalars
 
 QUICKSTART = "quickstart/pretrain_fs.yaml"
 
@@ -35,12 +34,6 @@ def quick_args(builtin_root: Path, save_dir: Path, *extra: str) -> list[str]:
         f"--export.dirpath={save_dir / 'export'}",
         *extra,
     ]
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_config_names_resolve_under_configs(tmp_path):

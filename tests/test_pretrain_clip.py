@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 import yaml
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
 from datamodules.errors import ConfigError
@@ -29,7 +28,7 @@ from lightning_modules.pretrain_clip import (
     make_clip_loss,
     retrieval_recall,
 )
-from tests.conftest import REPO, run_train
+from tests.conftest import REPO, run_train, scalars
 
 QUICKSTART = "quickstart/pretrain_clip.yaml"
 TINY = yaml.safe_load((REPO / "configs" / QUICKSTART).read_text())["model"]["init_args"]
@@ -55,12 +54,6 @@ def quick_args(builtin_root: Path, save_dir: Path, *extra: str) -> list[str]:
         f"--export.dirpath={save_dir / 'export'}",
         *extra,
     ]
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def png(seed: int) -> bytes:
