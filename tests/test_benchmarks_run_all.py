@@ -8,6 +8,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -74,3 +76,10 @@ def test_adaptation_speed_subsets_copy_the_first_samples_byte_for_byte(make_shar
     original = samples(sorted(str(p) for p in (tmp_path / "train").glob("*.tar")))
     first = dict(list(original.items())[:8])
     assert samples([str(s) for s in shards]) == first
+
+
+def test_adaptation_speed_subset_larger_than_the_split_is_a_clear_error(make_shards, tmp_path):
+    from benchmarks.adaptation_speed import first_samples
+
+    with pytest.raises(SystemExit, match=r"has 12 samples, not the 20 asked for"):
+        first_samples(make_shards([5, 7]), 20, tmp_path / "subset", "train", 2)
