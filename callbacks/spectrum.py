@@ -1,61 +1,165 @@
-"""Singular-value spectrum metrics of feature matrices: SVE and LSVR.
+"""Singular-value spectrum metrics of feature matrices: SVE, LSVR and three label-free companions.
 
 NMTune (ICLR 2024) characterises what noisy pre-training does to a frozen feature space through
 the singular values ``sigma_1 >= sigma_2 >= ... >= 0`` of the ``N x D`` feature matrix ``F`` of a
 data set (one row per sample). With ``p_i = sigma_i / sum_j sigma_j``:
 
-* **SVE** (singular value entropy) ``= -sum_i p_i log p_i``. It measures how evenly the variance
-  is spread over directions: ``0`` for a rank-one feature space, ``log D`` for a perfectly
-  isotropic one.
-* **LSVR** (largest singular value ratio) ``= -log(sigma_1 / sum_j sigma_j)``. It measures how
-  little the top direction dominates: ``0`` when one direction holds everything, ``log D`` at
-  isotropy.
+* **SVE** (singular value entropy, the paper's Definition 2.1) ``= -sum_i p_i log p_i``. It
+  measures how evenly the variance is spread over directions: ``0`` for a rank-one feature space,
+  ``log D`` for a perfectly isotropic one.
+* **LSVR** (largest singular value ratio, Definition 2.2) ``= -log(sigma_1 / sum_j sigma_j)``. It
+  measures how little the top direction dominates: ``0`` when one direction holds everything,
+  ``log D`` at isotropy.
 
-Both are invariant to a global scale of ``F``. By default each row is L2-normalised first so every
-sample weighs the same; optionally the columns are centred (PCA-style spectrum).
+From the same singular values, three measures other papers proposed to predict transfer without
+labels (see each function): RankMe's effective rank ``erank``, the stable rank ``stable_rank`` and
+alpha-ReQ's eigenspectrum decay ``alpha_req``. All five are invariant to a global scale of ``F``.
+
+Preprocessing (the paper's definitions do not specify one). Each row is optionally L2-normalised
+so every sample weighs the same, then optionally centred (``center``):
+
+* ``"none"`` (alias ``False``): the raw second-moment spectrum;
+* ``"column"`` (alias ``True``): subtract the mean row, a PCA (covariance) spectrum;
+* ``"row"``: subtract each row's own mean over its ``D`` coordinates, ``F' = F P`` with
+  ``P = I - 1 1^T / D``, as the official NMTune analysis does (``src/models/svd.py``: rows
+  normalised, then ``features - features.mean(dim=1, keepdim=True)``).
+
+:data:`PROTOCOLS` names the two combinations that matter: ``paper`` (rows normalised, no centring:
+the suite's default) and ``official`` (rows normalised, row-centred).
 
 Two paths compute the same numbers:
 
 * :func:`spectral_metrics` takes the whole matrix and runs ``torch.linalg.svdvals``.
 * :class:`GramAccumulator` streams batches into ``G = F^T F`` (plus column sums and the row
   count), which is ``O(D^2)`` memory regardless of ``N``, can be summed across ranks with
-  ``torch.distributed``, and yields ``sigma_i = sqrt(eig_i(G))``.
+  ``torch.distributed``, and yields ``sigma_i = sqrt(eig_i(G'))`` with ``G' = G`` (none),
+  ``G - s s^T / N`` (column; ``s`` the column sums) or ``P G P`` (row).
 
 Precision and the shared threshold: singular values obtained as square roots of Gram eigenvalues
 carry an absolute error of roughly ``sqrt(machine_eps * ||F||^2)``, so singular values that are
-tiny relative to the largest one are noise on that path (and differ from ``svdvals``). Centering
-via ``G - s s^T / N`` adds a cancellation error of the same order. To make both paths agree, both
-zero every singular value with ``sigma_i^2 <= RELATIVE_EIGENVALUE_TOL * ||F||_F^2``, where
-``||F||_F`` is the Frobenius norm of the (row-normalised, *uncentred*) features, i.e. the scale
-that governs the rounding error. That drops singular values below ``1e-6 * ||F||_F``, each at
-most ``1e-6`` of ``sum_j sigma_j`` (which is ``>= ||F||_F``), so the metrics barely move, and in
-float64 the two paths then agree to a relative error below ``1e-6`` (checked by the tests, also
-for low-rank features). A consequence: column-centred features whose
-rows are all (numerically) identical are reported as all zero.
+tiny relative to the largest one are noise on that path (and differ from ``svdvals``). Either
+centring of ``G`` adds a cancellation error of the same order (every entry of ``s s^T / N`` and of
+``P G P - G`` is bounded by ``||F||_F^2``). To make both paths agree, both zero every singular
+value with ``sigma_i^2 <= RELATIVE_EIGENVALUE_TOL * ||F||_F^2``, where ``||F||_F`` is the
+Frobenius norm of the (row-normalised, *uncentred*) features, i.e. the scale that governs the
+rounding error, whichever centring follows. That drops singular values below ``1e-6 * ||F||_F``,
+each at most ``1e-6`` of ``sum_j sigma_j`` (which is ``>= ||F||_F``), so the metrics barely move,
+and in float64 the two paths then agree to a relative error below ``1e-6`` (checked by the tests,
+also for low-rank features). Consequences: centred features whose rows are all (numerically)
+identical (column) or constant (row) are reported as all zero; row-centring always leaves at least
+one exact zero when ``N >= D`` (the direction ``1`` is removed), and the threshold makes it 0.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "CENTER_MODES",
+    "METRIC_NAMES",
+    "PROTOCOLS",
     "RELATIVE_EIGENVALUE_TOL",
     "GramAccumulator",
+    "SpectrumProtocol",
+    "alpha_req",
+    "center_mode",
+    "effective_rank",
     "largest_singular_value_ratio",
+    "resolve_protocol",
     "singular_value_entropy",
     "spectral_metrics",
+    "stable_rank",
 ]
 
 RELATIVE_EIGENVALUE_TOL: float = 1e-12
 """Squared singular values at or below this fraction of ``||F||_F^2`` are treated as zero."""
 
+CenterMode = Literal["none", "column", "row"]
+CENTER_MODES: tuple[str, ...] = ("none", "column", "row")
+METRIC_NAMES: tuple[str, ...] = ("sve", "lsvr", "erank", "stable_rank", "alpha_req")
+"""Keys of the scalar metrics in :func:`spectral_metrics`' result, in logging order."""
+
+RANKME_EPS: float = 1e-7
+"""RankMe's epsilon, added to every normalised singular value (Garrido et al. 2023)."""
+ALPHA_REQ_FIT_RANKS: tuple[int, int] = (11, 100)
+"""1-based eigenvalue ranks alpha-ReQ fits (the authors' reference code: indices 10..99)."""
+
 _ALL_ZERO_MESSAGE = "features are all zero: the spectrum is undefined"
 
 
+def center_mode(center: bool | str) -> CenterMode:
+    """``center`` as one of :data:`CENTER_MODES`; ``False``/``True`` mean "none"/"column"."""
+    if isinstance(center, bool):
+        return "column" if center else "none"
+    if center in CENTER_MODES:
+        return center  # type: ignore[return-value]
+    raise ValueError(
+        f"center must be one of {', '.join(repr(m) for m in CENTER_MODES)} "
+        f"(or False/True for 'none'/'column'), got {center!r}"
+    )
+
+
+@dataclass(frozen=True)
+class SpectrumProtocol:
+    """How features are preprocessed before the SVD, and the name that says so in results."""
+
+    name: str
+    normalize_rows: bool
+    center: CenterMode
+
+    def info(self) -> dict[str, str | bool]:
+        """``{"protocol", "normalize_rows", "center"}``, as run cards and spectrum.json state it."""
+        return {"protocol": self.name, "normalize_rows": self.normalize_rows, "center": self.center}
+
+
+PROTOCOLS: dict[str, SpectrumProtocol] = {
+    # the paper's Definitions 2.1/2.2 on the feature matrix, rows weighted equally
+    "paper": SpectrumProtocol("paper", normalize_rows=True, center="none"),
+    # Hhhhhhao/Noisy-Model-Learning src/models/svd.py: normalize(dim=1), minus each row's mean
+    "official": SpectrumProtocol("official", normalize_rows=True, center="row"),
+}
+
+
+def resolve_protocol(
+    protocol: str | None = None,
+    normalize_rows: bool | None = None,
+    center: bool | str | None = None,
+) -> SpectrumProtocol:
+    """The preprocessing a protocol name and/or explicit options ask for.
+
+    With a ``protocol`` name, explicit options must agree with it (a conflict raises ValueError,
+    so a config never silently computes something its name does not say). Without one, the
+    options decide (defaults: the paper's), and the result is named after the protocol they
+    equal, else ``"custom"``; so older configs that only set ``normalize_rows``/``center`` keep
+    working and are labelled truthfully.
+    """
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    base = PROTOCOLS[protocol or "paper"]
+    rows = base.normalize_rows if normalize_rows is None else bool(normalize_rows)
+    mode = base.center if center is None else center_mode(center)
+    if protocol is not None:
+        if (rows, mode) != (base.normalize_rows, base.center):
+            raise ValueError(
+                f"protocol {protocol!r} means normalize_rows={base.normalize_rows}, "
+                f"center={base.center!r}; got normalize_rows={rows}, center={mode!r}. "
+                "Drop the protocol to choose the preprocessing yourself"
+            )
+        return base
+    for named in PROTOCOLS.values():
+        if (rows, mode) == (named.normalize_rows, named.center):
+            return named
+    return SpectrumProtocol("custom", rows, mode)
+
+
 def _check_singular_values(singular_values: Tensor) -> Tensor:
-    """Validate a spectrum and return it as float64; shared by both formulas."""
+    """Validate a spectrum and return it as float64; shared by all formulas."""
     sv = torch.as_tensor(singular_values).to(torch.float64)
     if sv.ndim != 1:
         raise ValueError(f"singular values must be a 1-D tensor, got shape {tuple(sv.shape)}")
@@ -71,7 +175,8 @@ def _check_singular_values(singular_values: Tensor) -> Tensor:
 def singular_value_entropy(singular_values: Tensor) -> float:
     """SVE = -sum_i p_i log p_i with p_i = sigma_i / sum_j sigma_j (0 log 0 := 0).
 
-    Raises ValueError when the singular values sum to zero, since p is then undefined.
+    NMTune's Definition 2.1. Raises ValueError when the singular values sum to zero, since p is
+    then undefined.
     """
     sv = _check_singular_values(singular_values)
     p = sv / sv.sum()
@@ -81,10 +186,69 @@ def singular_value_entropy(singular_values: Tensor) -> float:
 def largest_singular_value_ratio(singular_values: Tensor) -> float:
     """LSVR = -log(sigma_1 / sum_j sigma_j), with sigma_1 the largest singular value.
 
-    Raises ValueError when the singular values sum to zero, since the ratio is then undefined.
+    NMTune's Definition 2.2. Raises ValueError when the singular values sum to zero, since the
+    ratio is then undefined.
     """
     sv = _check_singular_values(singular_values)
     return float(torch.log(sv.sum()) - torch.log(sv.max()))
+
+
+def effective_rank(singular_values: Tensor, eps: float = RANKME_EPS) -> float:
+    """RankMe = exp(-sum_k p_k log p_k) with p_k = sigma_k / ||sigma||_1 + eps.
+
+    Garrido et al., "RankMe: Assessing the downstream performance of pretrained self-supervised
+    representations by their rank" (ICML 2023), with their ``eps = 1e-7`` added to every p_k
+    (so p no longer sums to exactly 1, and each zero singular value adds ``-eps log eps``, about
+    1.6e-6, to the entropy). The sum runs over all given singular values, zeros included, i.e.
+    ``min(N, D)`` of them here. ``D`` for isotropic features, 1 for rank one (up to eps terms):
+    the exponential of the SVE, smoothed.
+    """
+    sv = _check_singular_values(singular_values)
+    p = sv / sv.sum() + eps
+    return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def stable_rank(singular_values: Tensor) -> float:
+    """Stable rank = sum_i sigma_i^2 / sigma_1^2 = ||F||_F^2 / ||F||_2^2, in [1, rank(F)].
+
+    Rudelson & Vershynin's numerical rank: how many directions carry energy comparable to the
+    top one; unlike SVE it weighs directions by variance (sigma^2), so the tail counts less.
+    """
+    sv = _check_singular_values(singular_values)
+    return float(sv.square().sum() / sv.max().square())
+
+
+def alpha_req(singular_values: Tensor, ranks: tuple[int, int] = ALPHA_REQ_FIT_RANKS) -> float:
+    """alpha-ReQ: the decay exponent alpha of the eigenspectrum lambda_i ~ i^-alpha.
+
+    Agrawal et al., "alpha-ReQ: Assessing representation quality in self-supervised learning by
+    measuring eigenspectrum decay" (NeurIPS 2022). The eigenvalues are those of the feature
+    (covariance) matrix, ``lambda_i = sigma_i^2`` (their scale does not change alpha). As the
+    authors' reference code (reptrix ``get_powerlaw``, after Stringer et al. 2019) fits it:
+    weighted least squares of ``log lambda_i = c - alpha log i`` with weights ``1 / i`` over the
+    1-based ranks ``ranks`` (default 11..100: the leading eigenvalues deviate from a power law,
+    and the far tail is noise). Only positive eigenvalues take part: the range is cut at the last
+    one; when fewer than 2 of them fall in it, the fit uses ranks 1..(last positive) instead.
+    Returns NaN (undefined) when fewer than 2 eigenvalues are positive, e.g. rank-one features.
+    Alpha is about 0 for isotropic features and larger for faster decay.
+    """
+    sv = _check_singular_values(singular_values)
+    first, last = ranks
+    if not 1 <= first < last:
+        raise ValueError(f"ranks must satisfy 1 <= first < last, got {ranks}")
+    eigenvalues = torch.sort(sv.square(), descending=True).values
+    positive = int((eigenvalues > 0).sum())
+    if positive < 2:
+        return math.nan
+    last = min(last, positive)
+    if last - first + 1 < 2:
+        first = 1
+    i = torch.arange(first, last + 1, dtype=torch.float64)
+    design = torch.stack([-torch.log(i), torch.ones_like(i)], dim=1)
+    weights = (1.0 / i).unsqueeze(1)
+    target = torch.log(eigenvalues[first - 1 : last]).unsqueeze(1)
+    solution = torch.linalg.solve(design.T @ (weights * design), design.T @ (weights * target))
+    return float(solution[0])
 
 
 def _check_features(features: Tensor, dim: int | None = None) -> None:
@@ -118,31 +282,38 @@ def _threshold_eigenvalues(eigenvalues: Tensor, frobenius_sq: Tensor | float) ->
 
 
 def _metrics(singular_values: Tensor) -> dict[str, float | Tensor]:
-    """Build the result dict shared by both paths."""
+    """Build the result dict shared by both paths: :data:`METRIC_NAMES` and the spectrum."""
     return {
         "sve": singular_value_entropy(singular_values),
         "lsvr": largest_singular_value_ratio(singular_values),
+        "erank": effective_rank(singular_values),
+        "stable_rank": stable_rank(singular_values),
+        "alpha_req": alpha_req(singular_values),
         "singular_values": singular_values,
     }
 
 
 def spectral_metrics(
-    features: Tensor, normalize_rows: bool = True, center: bool = False
+    features: Tensor, normalize_rows: bool = True, center: bool | str = "none"
 ) -> dict[str, float | Tensor]:
-    """SVE, LSVR and the singular values of an ``N x D`` feature matrix, via ``svdvals``.
+    """The :data:`METRIC_NAMES` metrics and the singular values of ``N x D`` features (svdvals).
 
-    Returns ``{"sve": float, "lsvr": float, "singular_values": Tensor}``, the singular values
-    being float64, descending, of length ``min(N, D)``. Rows are L2-normalised before column
-    centring. Raises ValueError on non-finite, empty or all-zero features (with ``center=True``
-    a single sample, or identical rows, centre to zero and raise as well).
+    Returns ``{"sve", "lsvr", "erank", "stable_rank", "alpha_req": float, "singular_values":
+    Tensor}``, the singular values being float64, descending, of length ``min(N, D)``. Rows are
+    L2-normalised before centring (``center``: "none", "column" or "row", see the module
+    docstring). Raises ValueError on a bad ``center``, on non-finite, empty or all-zero features
+    (centred, a single sample or identical rows become all zero and raise as well).
     """
+    mode = center_mode(center)
     _check_features(features)
     if features.shape[0] == 0:
         raise ValueError("features have no rows: the spectrum is undefined")
     x = _prepare(features, normalize_rows)
     frobenius_sq = x.square().sum()
-    if center:
+    if mode == "column":
         x = x - x.mean(dim=0, keepdim=True)
+    elif mode == "row":
+        x = x - x.mean(dim=1, keepdim=True)
     sv = torch.linalg.svdvals(x)
     sv = _threshold_eigenvalues(sv.square(), frobenius_sq).sqrt()
     return _metrics(sv)
@@ -153,15 +324,16 @@ class GramAccumulator:
 
     Call :meth:`update` per batch, :meth:`all_reduce` once on every rank after the last update
     (it sums, so calling it twice double-counts), then :meth:`metrics`. Results match
-    :func:`spectral_metrics` on the concatenated rows; see the module docstring for precision.
+    :func:`spectral_metrics` on the concatenated rows with the same options; see the module
+    docstring for the centring of G and the precision.
     """
 
-    def __init__(self, dim: int, normalize_rows: bool = True, center: bool = False) -> None:
+    def __init__(self, dim: int, normalize_rows: bool = True, center: bool | str = "none") -> None:
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
         self.dim = int(dim)
         self.normalize_rows = normalize_rows
-        self.center = center
+        self.center = center_mode(center)
         self.reset()
 
     def reset(self) -> None:
@@ -220,8 +392,12 @@ class GramAccumulator:
         if self._count == 0:
             raise ValueError("no samples accumulated: call update() before computing the spectrum")
         gram = self._gram
-        if self.center:
+        if self.center == "column":
             gram = gram - torch.outer(self._col_sum, self._col_sum) / self._count
+        elif self.center == "row":
+            # P G P with P = I - 1 1^T / D: subtract row and column means, add back the grand mean
+            means = gram.mean(dim=1)
+            gram = gram - means.unsqueeze(0) - means.unsqueeze(1) + means.mean()
         eigenvalues = torch.linalg.eigvalsh(gram).flip(0)
         eigenvalues = _threshold_eigenvalues(eigenvalues, torch.trace(self._gram))
         return eigenvalues[: min(self._count, self.dim)].sqrt()

@@ -1,4 +1,4 @@
-"""Tests for callbacks.spectrum: SVE/LSVR against numpy, streaming Gram path, DDP reduction."""
+"""Tests for callbacks.spectrum: metrics against numpy and sklearn, Gram path, DDP, protocols."""
 
 from __future__ import annotations
 
@@ -14,27 +14,67 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from callbacks.spectrum import (
+    METRIC_NAMES,
+    PROTOCOLS,
     GramAccumulator,
+    alpha_req,
+    effective_rank,
     largest_singular_value_ratio,
+    resolve_protocol,
     singular_value_entropy,
     spectral_metrics,
+    stable_rank,
 )
 
 REL_TOL = 1e-6
 
 
-def numpy_reference(x: np.ndarray, normalize_rows: bool, center: bool) -> tuple[float, float]:
-    """Independent SVE/LSVR straight from the definitions, with np.linalg.svd."""
+def numpy_singular_values(x: np.ndarray, normalize_rows: bool, center: bool | str) -> np.ndarray:
+    """np.linalg.svd of the preprocessed rows, tiny values (rank deficiency) set to 0 as the
+    suite's threshold does: squares at most 1e-12 of the uncentred squared Frobenius norm."""
     x = np.asarray(x, dtype=np.float64)
     if normalize_rows:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    if center:
+    frobenius_sq = np.square(x).sum()
+    if center in (True, "column"):
         x = x - x.mean(axis=0, keepdims=True)
+    elif center == "row":
+        x = x - x.mean(axis=1, keepdims=True)
     s = np.linalg.svd(x, compute_uv=False)
+    return np.where(s**2 > 1e-12 * frobenius_sq, s, 0.0)
+
+
+def numpy_alpha(s: np.ndarray, first: int = 11, last: int = 100) -> float:
+    """alpha-ReQ by np.polyfit of log(sigma^2) on log(rank), squared residuals weighted 1/rank
+    (polyfit's ``w`` multiplies the residual, hence the square root)."""
+    lam = np.sort(s[s > 0] ** 2)[::-1]
+    last = min(last, len(lam))
+    if last - first + 1 < 2:
+        first = 1
+    i = np.arange(first, last + 1, dtype=np.float64)
+    slope, _ = np.polyfit(np.log(i), np.log(lam[first - 1 : last]), 1, w=np.sqrt(1.0 / i))
+    return float(-slope)
+
+
+def numpy_metrics(s: np.ndarray) -> dict[str, float]:
+    """The five metrics straight from their definitions."""
     p = s / s.sum()
     nz = p[p > 0]
-    return float(-(nz * np.log(nz)).sum()), float(-np.log(s.max() / s.sum()))
+    q = p + 1e-7
+    return {
+        "sve": float(-(nz * np.log(nz)).sum()),
+        "lsvr": float(-np.log(s.max() / s.sum())),
+        "erank": float(np.exp(-(q * np.log(q)).sum())),
+        "stable_rank": float((s**2).sum() / s.max() ** 2),
+        "alpha_req": numpy_alpha(s) if (s > 0).sum() >= 2 else math.nan,
+    }
+
+
+def numpy_reference(x: np.ndarray, normalize_rows: bool, center: bool | str) -> tuple[float, float]:
+    """Independent SVE/LSVR, with np.linalg.svd."""
+    metrics = numpy_metrics(numpy_singular_values(x, normalize_rows, center))
+    return metrics["sve"], metrics["lsvr"]
 
 
 def make_features(kind: str, seed: int = 0) -> torch.Tensor:
@@ -61,17 +101,27 @@ def rel_err(a: float, b: float) -> float:
 
 
 KINDS = ["random_tall", "random_wide", "low_rank", "low_rank_offset"]
-OPTIONS = [(n, c) for n in (True, False) for c in (False, True)]
+CENTERS = ["none", "column", "row"]
+OPTIONS = [(n, c) for n in (True, False) for c in CENTERS]
+
+
+def assert_metrics_close(got: dict, expected: dict, rel: float) -> None:
+    """Every metric of METRIC_NAMES within ``rel`` (NaN where the expected value is NaN)."""
+    for name in METRIC_NAMES:
+        if math.isnan(expected[name]):
+            assert math.isnan(got[name]), name
+        else:
+            assert got[name] == pytest.approx(expected[name], rel=rel, abs=1e-12), name
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("normalize_rows", "center"), OPTIONS)
-def test_matches_numpy(kind: str, normalize_rows: bool, center: bool) -> None:
+def test_matches_numpy(kind: str, normalize_rows: bool, center: str) -> None:
     x = make_features(kind)
     out = spectral_metrics(x, normalize_rows=normalize_rows, center=center)
-    sve, lsvr = numpy_reference(x.numpy(), normalize_rows, center)
-    assert rel_err(out["sve"], sve) < 1e-9
-    assert rel_err(out["lsvr"], lsvr) < 1e-9
+    s = numpy_singular_values(x.numpy(), normalize_rows, center)
+    assert_metrics_close(out, numpy_metrics(s), 1e-9)
+    torch.testing.assert_close(out["singular_values"], torch.from_numpy(s), rtol=0, atol=1e-12)
     sv = out["singular_values"]
     assert sv.dtype == torch.float64 and sv.ndim == 1
     assert sv.numel() == min(x.shape)
@@ -79,8 +129,8 @@ def test_matches_numpy(kind: str, normalize_rows: bool, center: bool) -> None:
 
 
 @pytest.mark.parametrize("kind", ["low_rank", "low_rank_offset"])
-@pytest.mark.parametrize("center", [False, True])
-def test_low_rank_spectrum_has_rank_three(kind: str, center: bool) -> None:
+@pytest.mark.parametrize("center", CENTERS)
+def test_low_rank_spectrum_has_rank_three(kind: str, center: str) -> None:
     x = make_features(kind)
     assert int((spectral_metrics(x, center=center)["singular_values"] > 0).sum()) == 3
     acc = GramAccumulator(x.shape[1], center=center)
@@ -122,6 +172,155 @@ def test_formula_functions() -> None:
         singular_value_entropy(torch.tensor([1.0, -1.0]))
 
 
+@pytest.mark.parametrize("dim", [16, 64])
+def test_new_metrics_on_isotropic_features(dim: int) -> None:
+    """sigma all equal: erank D (up to RankMe's eps), stable rank D, no decay (alpha 0)."""
+    out = spectral_metrics(torch.eye(dim).repeat(2, 1))
+    p = 1.0 / dim + 1e-7
+    assert out["erank"] == pytest.approx(math.exp(-dim * p * math.log(p)), rel=1e-12)
+    assert out["erank"] == pytest.approx(dim, rel=1e-4)
+    assert out["stable_rank"] == pytest.approx(dim, rel=1e-12)
+    assert out["alpha_req"] == pytest.approx(0.0, abs=1e-10)
+
+
+def test_new_metrics_on_rank_one_features() -> None:
+    """One direction: erank 1 (plus the eps of 15 zero singular values), stable rank 1, and no
+    decay to fit (alpha undefined: NaN)."""
+    x = torch.randn(40, 1, generator=torch.Generator().manual_seed(3)) * torch.arange(1.0, 17.0)
+    out = spectral_metrics(x, normalize_rows=False)
+    assert int((out["singular_values"] > 0).sum()) == 1
+    top = (1 + 1e-7) * math.log(1 + 1e-7)
+    assert out["erank"] == pytest.approx(math.exp(-top - 15 * 1e-7 * math.log(1e-7)), rel=1e-9)
+    assert out["erank"] == pytest.approx(1.0, rel=1e-4)
+    assert out["stable_rank"] == pytest.approx(1.0, rel=1e-12)
+    assert math.isnan(out["alpha_req"])
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.3])
+def test_alpha_req_recovers_an_exact_power_law(alpha: float) -> None:
+    """Features with eigenvalues exactly i^-alpha (orthogonal rows, each scaled): alpha back,
+    whatever the fit range; both paths."""
+    dim = 200
+    rows = torch.diag(torch.arange(1, dim + 1, dtype=torch.float64) ** (-alpha / 2))
+    out = spectral_metrics(rows, normalize_rows=False)
+    assert out["alpha_req"] == pytest.approx(alpha, rel=1e-10)
+    acc = GramAccumulator(dim, normalize_rows=False)
+    acc.update(rows)
+    assert acc.metrics()["alpha_req"] == pytest.approx(alpha, rel=1e-8)
+    sv = out["singular_values"]
+    assert alpha_req(sv, ranks=(1, 200)) == pytest.approx(alpha, rel=1e-10)
+    assert alpha_req(sv[:5]) == pytest.approx(alpha, rel=1e-10), "fewer than 12: ranks 1..5"
+
+
+def test_new_metric_formulas_against_numpy() -> None:
+    """A noisy spectrum of 300 values: each function against its hand formula in numpy."""
+    rng = np.random.default_rng(4)
+    s = np.sort(np.arange(1, 301) ** -0.7 * rng.uniform(0.5, 1.5, 300))[::-1].copy()
+    expected = numpy_metrics(s)
+    sv = torch.from_numpy(s)
+    assert effective_rank(sv) == pytest.approx(expected["erank"], rel=1e-12)
+    assert stable_rank(sv) == pytest.approx(expected["stable_rank"], rel=1e-12)
+    assert alpha_req(sv) == pytest.approx(expected["alpha_req"], rel=1e-10)
+    assert alpha_req(sv, ranks=(2, 50)) == pytest.approx(numpy_alpha(s, 2, 50), rel=1e-10)
+    with pytest.raises(ValueError, match="1 <= first < last"):
+        alpha_req(sv, ranks=(5, 5))
+    with pytest.raises(ValueError, match="all zero"):
+        effective_rank(torch.zeros(3))
+
+
+def test_center_aliases_and_bad_values() -> None:
+    x = make_features("random_tall")
+    assert spectral_metrics(x, center=True)["sve"] == spectral_metrics(x, center="column")["sve"]
+    assert spectral_metrics(x, center=False)["sve"] == spectral_metrics(x)["sve"]
+    assert GramAccumulator(16, center=True).center == "column"
+    assert GramAccumulator(16, center=False).center == "none"
+    message = "center must be one of 'none', 'column', 'row'"
+    for bad in ("rows", "Row", 1, None):
+        with pytest.raises(ValueError, match=message):
+            spectral_metrics(x, center=bad)
+        with pytest.raises(ValueError, match=message):
+            GramAccumulator(16, center=bad)
+
+
+def official_preprocessing(x: torch.Tensor) -> torch.Tensor:
+    """Written as the official src/models/svd.py does it, in float64."""
+    features = torch.nn.functional.normalize(x.double(), dim=1)
+    return features - features.mean(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_official_protocol_is_the_exact_svd_of_row_centred_features(kind: str) -> None:
+    """center="row" (the "official" protocol) through both paths against torch's and numpy's
+    exact SVD of the features preprocessed as the official code does."""
+    x = make_features(kind)
+    features = official_preprocessing(x)
+    exact = torch.linalg.svdvals(features)
+    assert torch.allclose(features.sum(dim=1), torch.zeros(len(x), dtype=torch.float64))
+    official = PROTOCOLS["official"]
+    out = spectral_metrics(x, official.normalize_rows, official.center)
+    tol = 1e-12 * float(exact[0])
+    torch.testing.assert_close(out["singular_values"][exact > tol], exact[exact > tol])
+    assert_metrics_close(out, numpy_metrics(torch.where(exact > tol, exact, 0.0).numpy()), 1e-9)
+    acc = GramAccumulator(x.shape[1], official.normalize_rows, official.center)
+    for chunk in torch.split(x, 7):
+        acc.update(chunk)
+    assert_metrics_close(acc.metrics(), out, REL_TOL)
+    if x.shape[0] >= x.shape[1]:  # the direction 1 is removed: one exact zero
+        assert out["singular_values"][-1] == 0.0 and acc.singular_values()[-1] == 0.0
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(np.float64, 1e-9), (np.float32, 1e-5)])
+def test_official_randomized_truncated_svd_agrees_within_its_tolerance(
+    dtype: type, tolerance: float
+) -> None:
+    """sklearn's randomized TruncatedSVD(n_components=D), as the official code runs it (no
+    random_state, float32 features), on the same rows: the spectrum matches the exact one to
+    rounding of its dtype, for any seed, since D + 10 random vectors span all D directions."""
+    from sklearn.decomposition import TruncatedSVD
+
+    x = make_features("random_tall")
+    exact = spectral_metrics(x, center="row")
+    features = official_preprocessing(x).numpy().astype(dtype)
+    for seed in range(3):
+        svd = TruncatedSVD(n_components=features.shape[1], random_state=seed).fit(features)
+        sv = torch.from_numpy(svd.singular_values_.astype(np.float64))
+        assert sv.shape == exact["singular_values"].shape
+        top = float(exact["singular_values"][0])
+        torch.testing.assert_close(
+            sv, exact["singular_values"], rtol=0, atol=tolerance * top, msg=f"seed {seed}"
+        )
+        assert singular_value_entropy(sv) == pytest.approx(exact["sve"], rel=tolerance)
+        assert largest_singular_value_ratio(sv) == pytest.approx(exact["lsvr"], rel=tolerance)
+        assert stable_rank(sv) == pytest.approx(exact["stable_rank"], rel=tolerance)
+
+
+def test_protocols_and_their_resolution() -> None:
+    assert PROTOCOLS["paper"].info() == {
+        "protocol": "paper",
+        "normalize_rows": True,
+        "center": "none",
+    }
+    assert PROTOCOLS["official"].info() == {
+        "protocol": "official",
+        "normalize_rows": True,
+        "center": "row",
+    }
+    assert resolve_protocol() is PROTOCOLS["paper"]
+    assert resolve_protocol("official", normalize_rows=True) is PROTOCOLS["official"]
+    assert resolve_protocol(center="row") is PROTOCOLS["official"], "named by what it computes"
+    assert resolve_protocol(center=False) is PROTOCOLS["paper"]
+    custom = resolve_protocol(normalize_rows=False, center=True)
+    assert custom.info() == {"protocol": "custom", "normalize_rows": False, "center": "column"}
+    with pytest.raises(ValueError, match="protocol 'official' means normalize_rows=True"):
+        resolve_protocol("official", center="none")
+    with pytest.raises(ValueError, match="protocol 'paper' means"):
+        resolve_protocol("paper", normalize_rows=False)
+    with pytest.raises(ValueError, match="protocol must be one of paper, official"):
+        resolve_protocol("pca")
+    with pytest.raises(ValueError, match="center must be one of"):
+        resolve_protocol(center="diag")
+
+
 def batchings(n: int) -> list[list[int]]:
     """Split sizes: whole, batch size 1, uneven, a random split with empty batches."""
     rng = np.random.default_rng(n)
@@ -134,7 +333,7 @@ def batchings(n: int) -> list[list[int]]:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("normalize_rows", "center"), OPTIONS)
 def test_accumulator_matches_svd_in_any_batching(
-    kind: str, normalize_rows: bool, center: bool
+    kind: str, normalize_rows: bool, center: str
 ) -> None:
     x = make_features(kind)
     ref = spectral_metrics(x, normalize_rows=normalize_rows, center=center)
@@ -144,8 +343,7 @@ def test_accumulator_matches_svd_in_any_batching(
             acc.update(chunk)
         assert acc.num_samples == x.shape[0]
         out = acc.metrics()
-        assert rel_err(out["sve"], ref["sve"]) < REL_TOL, sizes
-        assert rel_err(out["lsvr"], ref["lsvr"]) < REL_TOL, sizes
+        assert_metrics_close(out, ref, REL_TOL)
         sv = out["singular_values"]
         assert sv.dtype == torch.float64 and sv.shape == ref["singular_values"].shape
         assert torch.all(sv[:-1] >= sv[1:])
@@ -272,7 +470,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str, center: bool) -> None:
+def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str, center: str) -> None:
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
@@ -290,8 +488,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str, center: boo
         m = acc.metrics()
         result = {
             "num_samples": acc.num_samples,
-            "sve": m["sve"],
-            "lsvr": m["lsvr"],
+            **{name: m[name] for name in METRIC_NAMES},
             "singular_values": m["singular_values"].tolist(),
         }
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
@@ -301,21 +498,22 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str, center: boo
 
 @pytest.mark.ddp
 @pytest.mark.timeout(120)
-def test_ddp_all_reduce_matches_single_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("center", ["column", "row"])
+def test_ddp_all_reduce_matches_single_process(tmp_path: Path, center: str) -> None:
+    """Row-centring is applied to the summed Gram matrix: 2 ranks give the exact spectrum."""
     world_size = 2
     mp.spawn(
         _ddp_worker,
-        args=(world_size, _free_port(), str(tmp_path), True),
+        args=(world_size, _free_port(), str(tmp_path), center),
         nprocs=world_size,
         join=True,
     )
     x = make_features("random_tall")
-    ref = spectral_metrics(x, center=True)
+    ref = spectral_metrics(x, center=center)
     for rank in range(world_size):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["num_samples"] == x.shape[0]
-        assert rel_err(got["sve"], ref["sve"]) < REL_TOL
-        assert rel_err(got["lsvr"], ref["lsvr"]) < REL_TOL
+        assert_metrics_close(got, ref, REL_TOL)
         torch.testing.assert_close(
             torch.tensor(got["singular_values"], dtype=torch.float64),
             ref["singular_values"],
