@@ -1,7 +1,9 @@
-"""Write samples into webdataset shards with a timm-style ``_info.json`` beside them.
+"""Write samples into webdataset shards with timm's ``_info.json`` and webdataset's
+``sizes.json`` beside them.
 
 Used by the built-in datasets and by ``scripts/write_shards.py`` (image folders and CSVs), so
-every shard this suite writes can be read back by timm, open_clip and webdataset as well.
+every shard this suite writes can be read back by timm, open_clip (``open_clip_train`` counts
+samples from ``sizes.json``) and webdataset as well.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def write_split(
     info: dict[str, Any] | None = None,
 ) -> WriteSummary:
     """Write ``samples`` (webdataset dicts, or ``(reason, detail)`` tuples for skipped inputs)
-    into ``out_dir/{split}-NNNN.tar`` and record the split in ``out_dir/_info.json``."""
+    into ``out_dir/{split}-NNNN.tar`` and record the split in ``_info.json`` and ``sizes.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = WriteSummary(split)
@@ -84,7 +86,9 @@ def write_split(
 
 
 def update_info(out_dir: Path, summary: WriteSummary, info: dict[str, Any]) -> None:
-    """Merge one split into ``_info.json`` (timm's layout: splits.<name>.filenames/lengths)."""
+    """Merge one split into ``_info.json`` (timm's layout: splits.<name>.filenames/lengths) and
+    rewrite ``sizes.json`` (webdataset's ``{shard file: samples}``, every split) from it, so both
+    count the same shards, and a rewritten split leaves no stale entry."""
     path = out_dir / "_info.json"
     current = json.loads(path.read_text()) if path.is_file() else {}
     current.update(info)
@@ -95,3 +99,11 @@ def update_info(out_dir: Path, summary: WriteSummary, info: dict[str, Any]) -> N
         "shard_lengths": summary.shard_lengths,
     }
     path.write_text(json.dumps(current, indent=2))
+    sizes = {
+        name: length
+        for split in current["splits"].values()
+        for name, length in zip(
+            split.get("filenames", []), split.get("shard_lengths", []), strict=False
+        )
+    }
+    (out_dir / "sizes.json").write_text(json.dumps(sizes, indent=2))

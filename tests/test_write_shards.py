@@ -15,6 +15,7 @@ import numpy as np
 import open_clip
 import pytest
 from PIL import Image
+from webdataset.shardlists import expand_urls
 
 from datamodules.formats import ClassificationFormat, ImageTextFormat
 from datamodules.pipeline import ShardStream, SkipLedger, read_shard
@@ -166,6 +167,29 @@ def test_folder_refuses_old_shards_and_other_classes(image_folder, tmp_path: Pat
     with pytest.raises(SystemExit):
         main(["folder", str(root), str(out), "--split", "val"])
     assert "differ from the class_names" in capsys.readouterr().err
+
+
+def open_clip_train_size(spec: str) -> int:
+    """How ``open_clip_train.data.get_dataset_size`` counts a brace spec (not installed here):
+    the ``sizes.json`` beside the first shard, looked up by each shard's file name."""
+    urls = expand_urls(spec.split("|")[0])
+    sizes = json.loads((Path(urls[0]).parent / "sizes.json").read_text())
+    return sum(int(sizes[Path(url).name]) for url in urls)
+
+
+def test_sizes_json_counts_every_split_for_open_clip_train(image_folder, tmp_path, capsys) -> None:
+    root, _, _ = image_folder
+    out = tmp_path / "shards"
+    specs = {}
+    for split, per_shard in (("train", "2"), ("val", "3"), ("train", "5")):  # train rewritten
+        main(["folder", str(root), str(out), "--split", split, "--samples-per-shard", per_shard,
+              "--overwrite"])  # fmt: skip
+        specs[split] = spec_from(capsys.readouterr().out)
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert sizes == {"train-0000.tar": 5, "train-0001.tar": 2, "val-0000.tar": 3,
+                     "val-0001.tar": 3, "val-0002.tar": 1}  # fmt: skip
+    for spec in specs.values():
+        assert open_clip_train_size(spec) == 7
 
 
 def test_csv_writes_readable_image_text_shards(tmp_path: Path, capsys) -> None:
