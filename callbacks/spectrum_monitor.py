@@ -1,17 +1,18 @@
-"""Log SVE / LSVR of every evaluation set's features, each validation and test epoch."""
+"""Log the spectrum metrics (SVE, LSVR, ...) of every evaluation set's features, each epoch."""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks.spectrum import GramAccumulator
+from callbacks.spectrum import METRIC_NAMES, GramAccumulator, resolve_protocol
 
 
 def spectrum_plot(singular_values: torch.Tensor, title: str) -> np.ndarray:
@@ -44,15 +45,22 @@ class SpectrumMonitor(L.Callback):
     image embeddings for CLIP, the transformed features Z for NMTune. Each rank accumulates the
     Gram matrix of its rows; the matrices are summed across ranks at the end of the epoch.
 
-    Logged: ``spectrum/<set>/sve`` and ``spectrum/<set>/lsvr``; on TensorBoard also the spectrum
-    plot (image) and a histogram of log10 singular values.
+    Logged: ``spectrum/<set>/<metric>`` for each of ``sve``, ``lsvr``, ``erank``,
+    ``stable_rank`` and ``alpha_req`` (see ``callbacks/spectrum.py``; a metric that is undefined
+    for these features, such as alpha_req of rank-one features, is not logged); on TensorBoard
+    also the spectrum plot (image) and a histogram of log10 singular values. Which preprocessing
+    produced them is :attr:`protocol_info`, which the run's export card records.
 
     Args:
         dataloaders: Names of the evaluation sets to analyse (default: all).
         max_samples: Rows per set at most, over all ranks (each rank keeps its share);
             None uses every sample, which makes the result independent of the number of ranks.
-        normalize_rows: L2-normalise each feature row first (as the official analysis).
-        center: Subtract the column mean (a PCA spectrum) instead of the raw spectrum.
+        protocol: ``"paper"`` (rows L2-normalised, no centring) or ``"official"`` (rows
+            normalised, then each row's own mean subtracted, as the official analysis code).
+            None (default): ``normalize_rows``/``center`` decide, defaulting to ``"paper"``.
+        normalize_rows: L2-normalise each feature row first; with a protocol, must agree with it.
+        center: ``"none"``/False, ``"column"``/True (a PCA spectrum) or ``"row"``; with a
+            protocol, must agree with it. Settings that match no protocol are named "custom".
         every_n_epochs: Analyse every N-th validation epoch (test epochs always).
         log_plots: Also log the spectrum image and histogram to TensorBoard.
     """
@@ -61,18 +69,24 @@ class SpectrumMonitor(L.Callback):
         self,
         dataloaders: list[str] | None = None,
         max_samples: int | None = None,
-        normalize_rows: bool = True,
-        center: bool = False,
+        protocol: Literal["paper", "official"] | None = None,
+        normalize_rows: bool | None = None,
+        center: bool | Literal["none", "column", "row"] | None = None,
         every_n_epochs: int = 1,
         log_plots: bool = True,
     ) -> None:
         self.dataloaders = dataloaders
         self.max_samples = max_samples
-        self.normalize_rows = normalize_rows
-        self.center = center
+        self.protocol = resolve_protocol(protocol, normalize_rows, center)
         self.every_n_epochs = every_n_epochs
         self.log_plots = log_plots
         self.accumulators: dict[str, GramAccumulator] = {}
+
+    @property
+    def protocol_info(self) -> dict[str, str | bool]:
+        """``{"protocol": "paper" | "official" | "custom", "normalize_rows": bool, "center":
+        "none" | "column" | "row"}``: what the logged values were computed with."""
+        return self.protocol.info()
 
     # --- collection -----------------------------------------------------------------------
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
@@ -85,7 +99,7 @@ class SpectrumMonitor(L.Callback):
         wanted = names if self.dataloaders is None else [n for n in names if n in self.dataloaders]
         for name in wanted:
             self.accumulators[name] = GramAccumulator(
-                pl_module.feature_dim, self.normalize_rows, self.center
+                pl_module.feature_dim, self.protocol.normalize_rows, self.protocol.center
             )
 
     def _collect(
@@ -128,12 +142,13 @@ class SpectrumMonitor(L.Callback):
                 warnings.warn(f"spectrum of {split} set {name!r} skipped: {err}", stacklevel=2)
                 continue
             prefix = f"spectrum/{name}"
-            pl_module.log(
-                f"{prefix}/sve", metrics["sve"], sync_dist=False, add_dataloader_idx=False
-            )
-            pl_module.log(
-                f"{prefix}/lsvr", metrics["lsvr"], sync_dist=False, add_dataloader_idx=False
-            )
+            for metric in METRIC_NAMES:
+                if math.isfinite(metrics[metric]):
+                    # a float64 tensor: Lightning would round a Python float to float32
+                    value = torch.tensor(metrics[metric], dtype=torch.float64)
+                    pl_module.log(
+                        f"{prefix}/{metric}", value, sync_dist=False, add_dataloader_idx=False
+                    )
             if self.log_plots and trainer.is_global_zero:
                 self._plot(trainer, f"{prefix}", metrics["singular_values"])
         self.accumulators = {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +13,14 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.spectrum import spectral_metrics
+from callbacks.spectrum import METRIC_NAMES, spectral_metrics
 from callbacks.spectrum_monitor import SpectrumMonitor
 from datamodules.classification import ClassificationDataModule
 from datamodules.transforms import TransformConfig
 from tests.ddp_probe import Recorder
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
+PROTOCOL_PROBE = Path(__file__).with_name("spectrum_probe.py")
 
 
 def validate(spec: str, module: L.LightningModule, monitor: SpectrumMonitor) -> dict[str, float]:
@@ -52,13 +55,42 @@ def all_features(spec: str, module: Recorder) -> torch.Tensor:
         return torch.cat([module.features(b) for b in data.val_dataloader()[0]])
 
 
-def test_logged_values_are_the_exact_spectrum(make_shards, tmp_path):
+def assert_logged(logged: dict[str, float], expected: dict, rel: float) -> None:
+    """Every metric of METRIC_NAMES logged for the set ``probe`` as ``expected`` has it."""
+    for name in METRIC_NAMES:
+        assert logged[f"spectrum/probe/{name}"] == pytest.approx(expected[name], rel=rel), name
+
+
+@pytest.mark.parametrize(
+    ("options", "info"),
+    [
+        ({}, {"protocol": "paper", "normalize_rows": True, "center": "none"}),
+        (
+            {"protocol": "official"},
+            {"protocol": "official", "normalize_rows": True, "center": "row"},
+        ),
+        ({"center": True}, {"protocol": "custom", "normalize_rows": True, "center": "column"}),
+    ],
+)
+def test_logged_values_are_the_exact_spectrum(make_shards, tmp_path, options, info):
     spec = make_shards([20, 13])
     module = Recorder(tmp_path)
-    logged = validate(spec, module, SpectrumMonitor(log_plots=False))
-    expected = spectral_metrics(all_features(spec, module))
-    assert logged["spectrum/probe/sve"] == pytest.approx(expected["sve"], rel=1e-6)
-    assert logged["spectrum/probe/lsvr"] == pytest.approx(expected["lsvr"], rel=1e-6)
+    monitor = SpectrumMonitor(log_plots=False, **options)
+    assert monitor.protocol_info == info
+    logged = validate(spec, module, monitor)
+    features = all_features(spec, module)
+    expected = spectral_metrics(features, info["normalize_rows"], info["center"])
+    assert_logged(logged, expected, 1e-6)
+    if info["protocol"] == "official":
+        paper = spectral_metrics(features)
+        assert abs(logged["spectrum/probe/sve"] - paper["sve"]) > 1e-3, "row-centring matters"
+
+
+def test_protocol_conflicting_with_an_option_is_refused():
+    with pytest.raises(ValueError, match="protocol 'official' means"):
+        SpectrumMonitor(protocol="official", center="column")
+    with pytest.raises(ValueError, match="center must be one of"):
+        SpectrumMonitor(center="diagonal")
 
 
 def test_max_samples_limits_the_rows(make_shards, tmp_path):
@@ -92,6 +124,8 @@ def test_zero_features_warn_instead_of_crashing(make_shards, tmp_path):
 def test_one_sample_and_more_dimensions_than_samples(make_shards, tmp_path):
     logged = validate(make_shards([1]), Recorder(tmp_path), SpectrumMonitor(log_plots=False))
     assert logged["spectrum/probe/sve"] == 0.0 and logged["spectrum/probe/lsvr"] == 0.0
+    assert logged["spectrum/probe/stable_rank"] == 1.0
+    assert "spectrum/probe/alpha_req" not in logged, "undefined for one direction: not logged"
     logged = validate(make_shards([5], name="five"), Recorder(tmp_path), SpectrumMonitor())
     assert 0 < logged["spectrum/probe/sve"] <= torch.log(torch.tensor(5.0)) + 1e-9
 
@@ -114,5 +148,26 @@ def test_two_ranks_log_the_single_process_values(make_shards, tmp_path):
         done = subprocess.run(command, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
         results[devices] = json.loads((out / "metrics.json").read_text())
-    for name in ("spectrum/probe/sve", "spectrum/probe/lsvr"):
-        assert results[2][name] == pytest.approx(results[1][name], rel=1e-9)
+    # logged in float64; the float32 features of a row can differ in the last bit between
+    # batchings (each rank batches other rows), which moves the metrics by about 1e-9
+    for name in METRIC_NAMES:
+        key = f"spectrum/probe/{name}"
+        assert results[2][key] == pytest.approx(results[1][key], rel=1e-7)
+
+
+@pytest.mark.ddp
+def test_two_ranks_log_the_exact_official_spectrum(make_shards, tmp_path):
+    """protocol official on 2 real ranks: the exact spectrum of row-centred features."""
+    spec = make_shards([9, 14, 5])
+    out = tmp_path / "official"
+    out.mkdir()
+    command = [sys.executable, str(PROTOCOL_PROBE), "--mode=spectrum", f"--spec={spec}"]
+    command += [f"--out={out}", "--devices=2"]
+    env = {**os.environ, "SPECTRUM_PROTOCOL": "official"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = json.loads((out / "metrics.json").read_text())
+    features = all_features(spec, Recorder(tmp_path))
+    assert len(features) == 28
+    assert_logged(logged, spectral_metrics(features, center="row"), 1e-6)
+    assert all(math.isfinite(logged[f"spectrum/probe/{name}"]) for name in METRIC_NAMES)
