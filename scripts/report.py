@@ -1,54 +1,49 @@
-"""The report of a noise sweep: ``summary.csv``, ``summary.md`` and two figures.
+"""The report of a noise sweep: tables with confidence intervals, paired effects, the paper's
+claims with a verdict each, label-free metrics against accuracy, and two figures.
 
 Input: the status records that ``scripts/sweep.py`` writes into each run folder (``result.json``
 when a run succeeded, ``failed.json`` when it failed or was skipped; a run that never ran is
 ``missing``). An adaptation's final metrics are read per evaluation set ``<set>`` from the keys
-``val/<set>/acc``, ``val/<set>/f1``, ``spectrum/<set>/sve`` and ``spectrum/<set>/lsvr`` (the
-adaptation configs set ``data.test_in_validation: true``, so every test set is among them).
+``val/<set>/acc``, ``val/<set>/f1`` and ``spectrum/<set>/<metric>`` (the adaptation configs set
+``data.test_in_validation: true``, so every test set is among them).
 
 Averaging rule (the paper's tables): a set counts in the averages unless its run lists it in
 ``exclude_sets`` (default ``val`` and ``clean``: the validation set, and the OOD task's
-in-distribution copy of its test images). For each kind (``id`` / ``ood``), method and noise
-ratio, the value is the mean over that kind's tasks of the mean over each task's counted sets.
-A cell stays empty when any run it needs did not succeed, so an average never silently covers
-fewer tasks. ``summary.csv`` keeps every set, with ``in_average`` saying which ones counted;
-``acc`` and ``f1`` are fractions there and percentages in the tables and plots.
+in-distribution copy of its test images). For each kind (``id`` / ``ood``), method, noise ratio
+and seed, the value is the mean over that kind's tasks of the mean over each task's counted
+sets. A table cell is the mean of those values over the seeds, ``± `` the half-width of its 95 %
+Student-t confidence interval (``scripts/evidence.py``); it stays empty when any run it needs
+did not succeed, so an average never silently covers fewer tasks or seeds. ``summary.csv``
+keeps every run, seed and set, with ``in_average`` saying which ones counted; ``acc`` and ``f1``
+are fractions there and percentages in the tables and plots.
+
+Files: ``summary.md`` / ``summary.csv`` (tables, every row), ``effects.csv`` (NMTune minus LP
+and MLP, paired by seed and ratio), ``claims.md`` / ``claims.csv`` (``scripts/claims.py``),
+``correlations.csv`` (which label-free metric of a backbone predicts its transfer),
+``accuracy.png`` and ``spectrum.png`` (means with 95 % confidence intervals).
 """
 
 from __future__ import annotations
 
-import csv
-import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-COLUMNS = [
-    "pretrain",
-    "noise_ratio",
-    "method",
-    "task",
-    "kind",
-    "test_set",
-    "in_average",
-    "acc",
-    "f1",
-    "sve",
-    "lsvr",
-    "realised_noise_rate",
-    "status",
-    "run_dir",
-    "log",
-]
-METRICS = {
-    "acc": "val/{}/acc",
-    "f1": "val/{}/f1",
-    "sve": "spectrum/{}/sve",
-    "lsvr": "spectrum/{}/lsvr",
-}
-PERCENT = ("acc", "f1")
+from scripts.claims import (
+    CORRELATION_COLUMNS,
+    correlations,
+    format_number,
+    interval_text,
+    paired_effects,
+    write_claims,
+)
+from scripts.evidence import Estimate
+from scripts.results import COLUMNS, PERCENT, PerSeed, averages, build_rows, cell, write_csv
+
+__all__ = ["COLUMNS", "averages", "build_rows", "noise_kind", "write_report"]
+
+MIN_SPAN = {"acc": 5.0, "f1": 5.0}  # y-axis span floor of a panel, in the plotted unit
 KIND_TITLES = {"id": "In-domain (ID)", "ood": "Out-of-domain (OOD)"}
 TABLES = [
     ("id", "acc", "ID accuracy (%)"),
@@ -59,93 +54,29 @@ TABLES = [
     ("ood", "lsvr", "OOD largest singular value ratio (LSVR)"),
 ]
 
-Averages = dict[str, dict[float, float | None]]  # method -> noise ratio -> value
-
-
-def finite(value: float | None) -> float | None:
-    """A metric, or None when it is missing or NaN (a NaN would poison every average)."""
-    return None if value is None or math.isnan(value) else value
-
-
-def evaluation_sets(metrics: dict[str, float]) -> list[str]:
-    """The evaluation sets an adaptation logged, in logging order."""
-    return [key.split("/")[1] for key in metrics if key.startswith("val/") and key.endswith("/acc")]
-
-
-def build_rows(pretrain: list[dict[str, Any]], adapt: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per adaptation run and evaluation set; one row with an empty set per run that did
-    not succeed (its metrics are unknown)."""
-    realised = {
-        record["noise_ratio"]: record.get("metrics", {}).get("noise/realised_rate")
-        for record in pretrain
-    }
-    rows = []
-    for record in adapt:
-        base = {name: record.get(name) for name in ("pretrain", "noise_ratio", "method", "task")}
-        base |= {
-            "kind": record["kind"],
-            "realised_noise_rate": realised.get(record["noise_ratio"]),
-            "status": record["status"],
-            "run_dir": record["run_dir"],
-            "log": record["log"],
-        }
-        metrics = record.get("metrics", {}) if record["status"] == "ok" else {}
-        sets = evaluation_sets(metrics)
-        for name in sets or [""]:
-            values = {
-                column: finite(metrics.get(key.format(name))) for column, key in METRICS.items()
-            }
-            counted = bool(name) and name not in record.get("exclude_sets", [])
-            rows.append({**base, "test_set": name, "in_average": counted, **values})
-    return rows
-
-
-def averages(rows: list[dict[str, Any]], kind: str, metric: str) -> Averages:
-    """Mean over ``kind``'s tasks of the mean over each task's counted sets, per method and
-    ratio; ``None`` where a run failed or a task has no counted set with the metric."""
-    per_task: dict[tuple[str, float, str], list[float]] = {}
-    broken: set[tuple[str, float]] = set()
-    for row in rows:
-        if row["kind"] != kind:
-            continue
-        cell = (row["method"], row["noise_ratio"])
-        values = per_task.setdefault((*cell, row["task"]), [])
-        if row["status"] != "ok":
-            broken.add(cell)
-        elif row["in_average"] and row[metric] is not None:
-            values.append(row[metric])
-    tasks: dict[tuple[str, float], list[float | None]] = defaultdict(list)
-    for (method, ratio, _), values in per_task.items():
-        tasks[(method, ratio)].append(sum(values) / len(values) if values else None)
-    table: Averages = defaultdict(dict)
-    for (method, ratio), means in tasks.items():
-        complete = (method, ratio) not in broken and None not in means
-        table[method][ratio] = sum(means) / len(means) if complete else None
-    return dict(table)
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    return path
-
 
 def percent_label(ratio: float) -> str:
     return f"{ratio * 100:g} %"
 
 
-def markdown_table(table: Averages, ratios: list[float], scale: float, digits: int) -> list[str]:
+def shown(estimate: Estimate | None, scale: float, digits: int) -> str:
+    """``mean ± half-width`` in the table's unit; the mean alone when there is no interval."""
+    if estimate is None:
+        return "–"
+    text = f"{estimate.mean * scale:.{digits}f}"
+    if estimate.half_width is not None:
+        text += f" ± {estimate.half_width * scale:.{digits}f}"
+    return text
+
+
+def markdown_table(table: PerSeed, ratios: list[float], scale: float, digits: int) -> list[str]:
     """Rows: method; columns: noise ratio (the paper's layout)."""
     lines = [
         "| method | " + " | ".join(percent_label(r) for r in ratios) + " |",
         "| --- |" + " ---: |" * len(ratios),
     ]
     for method, values in table.items():
-        cells = [
-            "–" if values.get(r) is None else f"{values[r] * scale:.{digits}f}" for r in ratios
-        ]
+        cells = [shown(cell(values.get(r)), scale, digits) for r in ratios]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
@@ -156,13 +87,30 @@ def noise_kind(pretrain: list[dict[str, Any]]) -> str:
     return "caption" if "caption_swap" in types else "label"
 
 
+def seed_sentence(seeds: list[int]) -> str:
+    if len(seeds) < 2:
+        return (
+            f"**One seed ({', '.join(map(str, seeds))}): the cells are single runs and have no "
+            "confidence interval; no difference in this report can be told from run-to-run "
+            "noise.** Set `seeds: [0, 1, 2]` in the sweep config for intervals."
+        )
+    return (
+        f"Each cell: mean over n = {len(seeds)} seeds ({', '.join(map(str, seeds))}) ± the "
+        "half-width of its 95 % Student-t confidence interval."
+    )
+
+
 def markdown(
     title: str,
     rows: list[dict[str, Any]],
     pretrain: list[dict[str, Any]],
     adapt: list[dict[str, Any]],
     ratios: list[float],
+    seeds: list[int],
+    effects: list[dict[str, Any]],
+    found: list[dict[str, Any]],
 ) -> str:
+    protocols = sorted({r["spectrum_protocol"] for r in rows if r["spectrum_protocol"]})
     lines = [
         f"# Noise sweep: {title}",
         "",
@@ -171,24 +119,101 @@ def markdown(
         "ID: mean over the in-domain tasks of the mean over each task's test sets; OOD: the "
         "same over the out-of-domain tasks' shifted test sets. Sets listed in a run's "
         "`exclude_sets` (default `val`, `clean`: validation and in-distribution sets) are left "
-        "out; `summary.csv` has every set. `–`: a run it needs did not succeed.",
+        "out; `summary.csv` has every set and seed. `–`: a run it needs did not succeed.",
+        "",
+        seed_sentence(seeds),
     ]
+    if protocols:
+        lines += ["", f"Spectrum protocol: {', '.join(protocols)}."]
     for kind, metric, heading in TABLES:
         table = averages(rows, kind, metric)
         if table:
             scale, digits = (100.0, 1) if metric in PERCENT else (1.0, 3)
             lines += ["", f"## {heading}", "", *markdown_table(table, ratios, scale, digits)]
-    lines += ["", "## Pre-training", "", "| noise ratio | status | realised noise rate | log |"]
-    lines.append("| ---: | --- | ---: | --- |")
+    lines += effects_section(effects)
+    lines += correlation_section(found)
+    lines += [
+        "",
+        "## Pre-training",
+        "",
+        "| seed | noise ratio | status | realised noise rate | log |",
+        "| ---: | ---: | --- | ---: | --- |",
+    ]
     for record in pretrain:
         rate = record.get("metrics", {}).get("noise/realised_rate")
-        shown = "–" if rate is None else f"{rate:.4f}"
+        rate_text = "–" if rate is None else f"{rate:.4f}"
         lines.append(
-            f"| {percent_label(record['noise_ratio'])} | {record['status']} | {shown} | "
-            f"`{record['log']}` |"
+            f"| {record.get('seed', 0)} | {percent_label(record['noise_ratio'])} | "
+            f"{record['status']} | {rate_text} | `{record['log']}` |"
         )
     lines += failures(pretrain + adapt)
     return "\n".join(lines) + "\n"
+
+
+EFFECT_COLUMNS = ["effect", "kind", "metric", "noise_ratio", "mean", "ci_low", "ci_high", "n"]
+
+
+def section(heading: str, intro: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section: heading, one paragraph, a table (right-aligned after column 3)."""
+    if not rows:
+        return []
+    align = ["---" if i < 3 and header[i] != "ratio" else "---:" for i in range(len(header))]
+    return [
+        "",
+        f"## {heading}",
+        "",
+        intro,
+        "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def effects_section(effects: list[dict[str, Any]]) -> list[str]:
+    """The paired effects on accuracy, in percentage points."""
+    rows = [
+        [
+            e["effect"],
+            e["kind"],
+            "all" if e["noise_ratio"] == "all" else percent_label(e["noise_ratio"]),
+            format_number(e["mean"], 2, 100.0),
+            interval_text(e["ci_low"], e["ci_high"], 2, 100.0),
+            str(e["n"]),
+        ]
+        for e in effects
+        if e["metric"] == "acc"
+    ]
+    return section(
+        "Paired effects (accuracy, percentage points)",
+        "Differences between two methods on the same backbone (same seed and ratio), averaged "
+        "like the tables; `all`: the mean over ratios within each seed. 95 % CI over seeds.",
+        ["effect", "kind", "ratio", "mean", "95 % CI", "n"],
+        rows,
+    )
+
+
+def correlation_section(found: list[dict[str, Any]]) -> list[str]:
+    """Spearman's rho of each label-free backbone metric with each method's accuracy."""
+    rows = [
+        [
+            c["kind"],
+            c["metric"],
+            c["accuracy_of"],
+            format_number(c["rho"], 2),
+            interval_text(c["ci_low"], c["ci_high"], 2),
+            str(c["n"]),
+        ]
+        for c in found
+    ]
+    return section(
+        "Which label-free metric of a backbone predicts its transfer",
+        "Spearman's rho between a metric of the frozen backbone's features (LP runs) and a "
+        "method's accuracy, across the sweep's backbones (one per seed and ratio), with a 95 % "
+        "bootstrap interval. Metrics: `scripts/claims.py`, `callbacks/spectrum.py`.",
+        ["kind", "metric", "accuracy of", "rho", "95 % CI", "n"],
+        rows,
+    )
 
 
 def failures(records: list[dict[str, Any]]) -> list[str]:
@@ -206,6 +231,15 @@ def failures(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def y_limits(low: float, high: float, minimum_span: float) -> tuple[float, float]:
+    """Limits around ``[low, high]`` (the plotted intervals) with 10 % margins, widened about
+    their centre to at least ``minimum_span``, so a difference far smaller than the quantity
+    itself does not fill the panel."""
+    span = max(high - low, minimum_span) * 1.1
+    centre = (low + high) / 2
+    return centre - span / 2, centre + span / 2
+
+
 def plot_panels(
     path: Path,
     panels: list[tuple[str, str, str, str]],
@@ -214,28 +248,41 @@ def plot_panels(
     title: str,
     noise: str,
 ) -> Path:
-    """One panel per ``(kind, metric, y label, panel title)``: a line per method, x in %."""
+    """One panel per ``(kind, metric, y label, panel title)``: a line per method, x in %, the
+    mean over seeds with its 95 % confidence interval as error bars."""
     figure = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
     axes = figure.subplots(1, len(panels))
     for axis, (kind, metric, ylabel, panel_title) in zip(axes, panels, strict=True):
         scale = 100.0 if metric in PERCENT else 1.0
-        for method, values in averages(rows, kind, metric).items():
-            points = [(r * 100, values[r] * scale) for r in ratios if values.get(r) is not None]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                axis.plot(xs, ys, marker="o", linewidth=1.8, label=method)
+        extent: list[float] = []
+        table = averages(rows, kind, metric)
+        for index, (method, values) in enumerate(table.items()):
+            points = [(r, est) for r in ratios if (est := cell(values.get(r))) is not None]
+            if not points:
+                continue
+            dodge = (index - (len(table) - 1) / 2) * 0.3  # keep the error bars apart
+            xs = [r * 100 + dodge for r, _ in points]
+            ys = [est.mean * scale for _, est in points]
+            errors = [(est.half_width or 0.0) * scale for _, est in points]
+            axis.errorbar(xs, ys, yerr=errors, marker="o", linewidth=1.8, capsize=4, label=method)
+            extent += [y - e for y, e in zip(ys, errors, strict=True)]
+            extent += [y + e for y, e in zip(ys, errors, strict=True)]
         axis.set_xticks([r * 100 for r in ratios])
         axis.set_xlabel(f"pre-training {noise} noise (%)")
         axis.set_ylabel(ylabel)
         counted = {
             (r["task"], r["test_set"]) for r in rows if r["kind"] == kind and r["in_average"]
         }
+        seeds = len({r["seed"] for r in rows if r["kind"] == kind})
         axis.set_title(
-            f"{panel_title}\nmean over {len(counted)} test set{'s' * (len(counted) != 1)}",
-            fontsize=11,
+            f"{panel_title}\nmean over {len(counted)} test set{'s' * (len(counted) != 1)}, "
+            f"{seeds} seed{'s' * (seeds != 1)}" + (" (95 % CI)" if seeds > 1 else ""),
+            fontsize=10,
         )
         axis.grid(alpha=0.3)
-        if axis.lines:
+        if extent:
+            floor = MIN_SPAN.get(metric, 0.1 * max(abs(v) for v in extent))
+            axis.set_ylim(*y_limits(min(extent), max(extent), floor))
             axis.legend(title="method")
         else:
             axis.text(0.5, 0.5, "no completed runs", ha="center", transform=axis.transAxes)
@@ -247,11 +294,16 @@ def plot_panels(
 def write_report(
     out: Path, title: str, pretrain: list[dict[str, Any]], adapt: list[dict[str, Any]]
 ) -> list[Path]:
-    """Write the CSV, the markdown tables and the two figures into ``out``; return their paths."""
+    """Write every file of the report into ``out``; return their paths."""
     rows = build_rows(pretrain, adapt)
     ratios = sorted({record["noise_ratio"] for record in pretrain + adapt})
+    seeds = sorted({record.get("seed", 0) for record in pretrain + adapt})
     noise = noise_kind(pretrain)
-    (out / "summary.md").write_text(markdown(title, rows, pretrain, adapt, ratios))
+    effects = paired_effects(rows)
+    found = correlations(rows)
+    (out / "summary.md").write_text(
+        markdown(title, rows, pretrain, adapt, ratios, seeds, effects, found)
+    )
     accuracy = [
         (kind, "acc", "mean accuracy (%)", KIND_TITLES[kind] + " accuracy")
         for kind in ("id", "ood")
@@ -263,6 +315,9 @@ def write_report(
     return [
         write_csv(rows, out / "summary.csv"),
         out / "summary.md",
+        write_csv(effects, out / "effects.csv", EFFECT_COLUMNS),
+        *write_claims(rows, out, len(seeds)),
+        write_csv(found, out / "correlations.csv", CORRELATION_COLUMNS),
         plot_panels(
             out / "accuracy.png",
             accuracy,

@@ -38,13 +38,16 @@ Sweep config (YAML; a ``config`` is a path, or a name under ``configs/`` as trai
 The runner adds, after the config and before the overrides: ``--trainer.enable_progress_bar=
 false`` and, for adaptations, ``--model.init_args.cache_dir=<out>/cache/features`` (the
 LP/MLP/NMTune runs of one backbone and task extract the frozen features once); and after the
-overrides: the noise ratio, or ``--model.init_args.backbone.card=<that ratio's card>``, the
-logger's ``save_dir``/``name``/``version`` (the config needs a logger with those, e.g.
-TensorBoardLogger) and ``--export.dirpath``. Output folder::
+overrides: the noise ratio, or ``--model.init_args.backbone.card=<that ratio's card>``,
+``--seed_everything=S`` and ``--data.init_args.seed=S`` (the replicate's seed: model init, data
+order and, in pre-training, which samples are noisy and their wrong labels), the logger's
+``save_dir``/``name``/``version`` (the config needs a logger with those, e.g. TensorBoardLogger)
+and ``--export.dirpath``. Output folder::
 
-    <out>/<pretrain name>/ratio_0.10/     a pre-training run (its card: export/card.json)
-    <out>/adapt/ratio_0.10/<name>/        an adaptation run of that backbone
-    <out>/summary.csv, summary.md, accuracy.png, spectrum.png   (see scripts/report.py)
+    <out>/seed_0/<pretrain name>/ratio_0.10/   a pre-training run (its card: export/card.json)
+    <out>/seed_0/adapt/ratio_0.10/<name>/      an adaptation run of that backbone
+    <out>/summary.md, summary.csv, effects.csv, claims.md, claims.csv, correlations.csv,
+    accuracy.png, spectrum.png                 the report (see scripts/report.py)
 
 A run that succeeds gets ``result.json`` (its card's metrics); one that fails gets
 ``failed.json`` (exit code, the log's error message, log path), and the adaptations of a failed
@@ -55,8 +58,9 @@ the other; ``--jobs N`` then runs N adaptations at once (the runs sharing a back
 in order in one slot, so their feature cache is written once), each with ``OMP_NUM_THREADS`` =
 cores / N unless it is set, so that N runs do not oversubscribe the cores.
 
-On a cluster, the runs of one noise ratio depend only on each other: ``--ratio R`` (repeatable)
-runs those alone, e.g. one array job per ratio into a shared ``out`` folder, then
+On a cluster, the runs of one noise ratio and seed depend only on each other: ``--ratio R`` and
+``--seed S`` (each repeatable) run those alone, e.g. one array job per ratio and seed into a
+shared ``out`` folder, then
 ``--only-report`` once they are done. ``--print-commands`` prints the ``train.py`` command of
 each selected run instead of running it, to launch it under ``srun`` or ``torchrun`` (add
 ``--trainer.num_nodes``/``devices`` to the overrides). A run launched that way counts as done
@@ -106,6 +110,7 @@ class Run:
     stage: str  # "pretrain" or "adapt"
     pretrain: str
     ratio: float
+    seed: int
     directory: Path
     args: tuple[str, ...]
     name: str = ""
@@ -117,9 +122,8 @@ class Run:
 
     @property
     def label(self) -> str:
-        """The folder relative to the sweep's output folder."""
-        root = self.directory.parents[1 if self.stage == "pretrain" else 2]
-        return str(self.directory.relative_to(root))
+        """The folder relative to the sweep's output folder (``seed_0/adapt/ratio_0.10/lp``)."""
+        return "/".join(self.directory.parts[-3 if self.stage == "pretrain" else -4 :])
 
     def record(self, status: str) -> dict[str, Any]:
         """What the report needs to know about the run; the log of a skipped adaptation is its
@@ -130,6 +134,7 @@ class Run:
             "stage": self.stage,
             "pretrain": self.pretrain,
             "noise_ratio": self.ratio,
+            "seed": self.seed,
             "name": self.name,
             "method": self.method,
             "task": self.task,
@@ -236,9 +241,27 @@ def ratio_folder(ratio: float) -> str:
     return f"ratio_{ratio:.2f}"
 
 
+def seed_list(value: Any) -> list[int]:
+    """The sweep's ``seeds``: distinct non-negative integers (default ``[0]``)."""
+    seeds = [0] if value is None else value
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise SweepError(f"seeds must be a list of distinct non-negative integers, got {value!r}")
+    return seeds
+
+
 def plan(sweep: dict[str, Any], out: Path) -> list[Run]:
-    """Every run of the sweep: the pre-trainings in ratio order, then their adaptations."""
-    pretrainings = pretrain_runs(sweep.get("pretrain") or {}, out)
+    """Every run of the sweep: per seed, the pre-trainings in ratio order; then every
+    pre-training's adaptations."""
+    pretrainings = [
+        run
+        for seed in seed_list(sweep.get("seeds"))
+        for run in pretrain_runs(sweep.get("pretrain") or {}, out, seed)
+    ]
     adapt = sweep.get("adapt") or {}
     entries = [adaptation(entry, i) for i, entry in enumerate(adapt.get("runs") or [])]
     if len({e["name"] for e in entries}) != len(entries):
@@ -251,8 +274,9 @@ def plan(sweep: dict[str, Any], out: Path) -> list[Run]:
     ]
 
 
-def pretrain_runs(pre: dict[str, Any], out: Path) -> list[Run]:
-    """One pre-training per noise ratio, the ratio set through ``noise_option``."""
+def pretrain_runs(pre: dict[str, Any], out: Path, seed: int) -> list[Run]:
+    """One pre-training per noise ratio, the ratio set through ``noise_option``; the seed sets
+    the model init (``seed_everything``) and the data seed (which samples are noisy, the order)."""
     config = find_config(str(pre.get("config", "")), "pretrain.config")
     name = pre.get("name", config.stem)
     ratios = pre.get("ratios")
@@ -264,21 +288,29 @@ def pretrain_runs(pre: dict[str, Any], out: Path) -> list[Run]:
     overrides = string_list(pre.get("overrides"), "pretrain.overrides")
     runs = []
     for ratio in map(float, ratios):
-        folder = out / name / ratio_folder(ratio)
-        args = (*base_args(config), *overrides, f"--{option}={ratio}", *output_args(folder))
-        runs.append(Run("pretrain", name, ratio, folder, args))
+        folder = out / seed_folder(seed) / name / ratio_folder(ratio)
+        args = (
+            *base_args(config),
+            *overrides,
+            f"--{option}={ratio}",
+            *seed_args(seed),
+            *output_args(folder),
+        )
+        runs.append(Run("pretrain", name, ratio, seed, folder, args))
     return runs
 
 
 def adapt_run(pretraining: Run, entry: dict[str, Any], common: tuple[str, ...], out: Path) -> Run:
     """One adaptation of ``pretraining``'s exported backbone."""
-    folder = out / "adapt" / ratio_folder(pretraining.ratio) / entry["name"]
+    folder = out / seed_folder(pretraining.seed) / "adapt" / ratio_folder(pretraining.ratio)
+    folder = folder / entry["name"]
     args = (
         *base_args(entry["config"]),
         f"--model.init_args.cache_dir={out / 'cache' / 'features'}",
         *common,
         *entry["overrides"],
         f"--model.init_args.backbone.card={pretraining.directory / 'export' / 'card.json'}",
+        *seed_args(pretraining.seed),
         *output_args(folder),
     )
     labels = {k: entry[k] for k in ("name", "method", "task", "kind", "exclude_sets")}
@@ -286,6 +318,7 @@ def adapt_run(pretraining: Run, entry: dict[str, Any], common: tuple[str, ...], 
         "adapt",
         pretraining.pretrain,
         pretraining.ratio,
+        pretraining.seed,
         folder,
         args,
         pretrain_dir=pretraining.directory,
@@ -295,6 +328,15 @@ def adapt_run(pretraining: Run, entry: dict[str, Any], common: tuple[str, ...], 
 
 def base_args(config: Path) -> tuple[str, ...]:
     return ("fit", "--config", str(config), "--trainer.enable_progress_bar=false")
+
+
+def seed_folder(seed: int) -> str:
+    return f"seed_{seed}"
+
+
+def seed_args(seed: int) -> tuple[str, ...]:
+    """The replicate's seed: the model's (``seed_everything``) and the data's."""
+    return (f"--seed_everything={seed}", f"--data.init_args.seed={seed}")
 
 
 def output_args(folder: Path) -> tuple[str, ...]:
@@ -350,6 +392,8 @@ def card_summary(card: Path) -> dict[str, Any]:
     summary = {"metrics": data.get("metrics", {})}
     if (data.get("data") or {}).get("noise") is not None:
         summary["noise"] = data["data"]["noise"]
+    if data.get("spectrum") is not None:
+        summary["spectrum"] = data["spectrum"]
     return summary
 
 
@@ -372,9 +416,9 @@ def skip(run: Run) -> dict[str, Any]:
 def chains(runs: list[Run]) -> list[list[Run]]:
     """Adaptations grouped by backbone and task, in plan order: each group runs in order in
     one slot, so its runs extract the shared frozen features once and never race on them."""
-    groups: dict[tuple[float, str], list[Run]] = {}
+    groups: dict[tuple[int, float, str], list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.ratio, run.task), []).append(run)
+        groups.setdefault((run.seed, run.ratio, run.task), []).append(run)
     return list(groups.values())
 
 
@@ -441,16 +485,22 @@ def print_commands(runs: list[Run]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def select_ratios(runs: list[Run], ratios: list[float] | None) -> list[Run]:
-    """The runs of the given noise ratios (all runs without any)."""
-    if not ratios:
-        return runs
-    planned = sorted({run.ratio for run in runs})
-    unknown = [r for r in ratios if ratio_folder(r) not in map(ratio_folder, planned)]
-    if unknown:
-        raise SweepError(f"--ratio {unknown[0]} is not in pretrain.ratios {planned}")
-    wanted = {ratio_folder(r) for r in ratios}
-    return [run for run in runs if ratio_folder(run.ratio) in wanted]
+def select(runs: list[Run], ratios: list[float] | None, seeds: list[int] | None) -> list[Run]:
+    """The runs of the given noise ratios and seeds (all of them for an empty selection)."""
+    if ratios:
+        planned = sorted({run.ratio for run in runs})
+        unknown = [r for r in ratios if ratio_folder(r) not in map(ratio_folder, planned)]
+        if unknown:
+            raise SweepError(f"--ratio {unknown[0]} is not in pretrain.ratios {planned}")
+        wanted = {ratio_folder(r) for r in ratios}
+        runs = [run for run in runs if ratio_folder(run.ratio) in wanted]
+    if seeds:
+        planned_seeds = sorted({run.seed for run in runs})
+        unknown_seeds = [s for s in seeds if s not in planned_seeds]
+        if unknown_seeds:
+            raise SweepError(f"--seed {unknown_seeds[0]} is not in seeds {planned_seeds}")
+        runs = [run for run in runs if run.seed in seeds]
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -466,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run only this noise ratio's pre-training and adaptations (repeatable)",
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        help="run only this seed's pre-trainings and adaptations (repeatable)",
+    )
+    parser.add_argument(
         "--print-commands",
         action="store_true",
         help="print the train.py command of each selected run instead of running it",
@@ -478,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(jobs, int) or jobs < 1:
             raise SweepError(f"jobs must be a positive integer, got {jobs!r}")
         runs = plan(sweep, out)
-        selected = select_ratios(runs, args.ratio)
+        selected = select(runs, args.ratio, args.seed)
     except (OSError, yaml.YAMLError, SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

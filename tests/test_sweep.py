@@ -4,6 +4,7 @@ report's averaging rule on hand-made records."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shlex
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.claims import CLAIM_COLUMNS
 from scripts.report import COLUMNS, averages, build_rows, noise_kind
 from tests.conftest import REPO
 
@@ -25,6 +27,7 @@ def sweep_config(folder: Path, builtin_root: Path, idx: Path, **changes) -> Path
     data = [f"--data.init_args.builtin_root={builtin_root}", "--data.init_args.num_workers=0"]
     config = {
         "out": str(folder / "out"),
+        "seeds": [0, 1],
         "pretrain": {
             "config": "quickstart/pretrain_fs.yaml",
             "ratios": [0.0, 0.1],
@@ -48,7 +51,10 @@ def sweep_config(folder: Path, builtin_root: Path, idx: Path, **changes) -> Path
         },
     }
     for section, values in changes.items():
-        config[section] |= values
+        if isinstance(config.get(section), dict):
+            config[section] |= values
+        else:
+            config[section] = values
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -87,22 +93,26 @@ def micro(builtin_root, tiny_fashion_mnist, tmp_path_factory) -> tuple[Path, Pat
 
 def test_micro_sweep_runs_everything_and_writes_the_report(micro):
     _, out, stdout = micro
-    assert "plan: 4 runs, 0 done, 4 to run" in stdout
-    for run in ("pretrain_fs/ratio_0.00", "pretrain_fs/ratio_0.10"):
-        assert (out / run / "export" / "card.json").is_file()
-    for run in ("adapt/ratio_0.00/lp_id", "adapt/ratio_0.10/lp_id"):
-        for name in ("result.json", "log.txt", "config.yaml", "export/card.json"):
-            assert (out / run / name).is_file(), f"{run}/{name}"
-        assert "train.py fit --config" in (out / run / "log.txt").read_text().splitlines()[0]
+    assert "plan: 8 runs, 0 done, 8 to run" in stdout
+    for seed in (0, 1):
+        for run in ("pretrain_fs/ratio_0.00", "pretrain_fs/ratio_0.10"):
+            assert (out / f"seed_{seed}" / run / "export" / "card.json").is_file()
+        for run in ("adapt/ratio_0.00/lp_id", "adapt/ratio_0.10/lp_id"):
+            folder = out / f"seed_{seed}" / run
+            for name in ("result.json", "log.txt", "config.yaml", "export/card.json"):
+                assert (folder / name).is_file(), f"{folder}/{name}"
+            command = (folder / "log.txt").read_text().splitlines()[0]
+            assert "train.py fit --config" in command
+            assert f"--seed_everything={seed} --data.init_args.seed={seed}" in command
 
     rows = read_summary(out)
     assert set(COLUMNS) <= set(rows[0])
-    # one row per adaptation run and evaluation set (fmnist_heldout logs `val` and `test`)
-    assert sorted((r["noise_ratio"], r["test_set"]) for r in rows) == [
-        ("0.0", "test"),
-        ("0.0", "val"),
-        ("0.1", "test"),
-        ("0.1", "val"),
+    # one row per adaptation run, seed and evaluation set (fmnist_heldout logs `val`, `test`)
+    assert sorted((r["seed"], r["noise_ratio"], r["test_set"]) for r in rows) == [
+        (seed, ratio, name)
+        for seed in ("0", "1")
+        for ratio in ("0.0", "0.1")
+        for name in ("test", "val")
     ]
     for row in rows:
         assert (row["pretrain"], row["method"], row["task"], row["kind"], row["status"]) == (
@@ -116,13 +126,35 @@ def test_micro_sweep_runs_everything_and_writes_the_report(micro):
         assert 0 <= float(row["acc"]) <= 1 and float(row["sve"]) > 0
         assert Path(row["log"]) == Path(row["run_dir"]) / "log.txt"
     assert {r["realised_noise_rate"] for r in rows if r["noise_ratio"] == "0.0"} == {"0.0"}
-    assert float(next(r for r in rows if r["noise_ratio"] == "0.1")["realised_noise_rate"]) > 0
+    realised = {r["seed"]: r["realised_noise_rate"] for r in rows if r["noise_ratio"] == "0.1"}
+    assert all(float(rate) > 0 for rate in realised.values())
+    # the seed decides which samples are noisy: another seed, another noisy set
+    cards = [out / f"seed_{s}/pretrain_fs/ratio_0.10/export/card.json" for s in (0, 1)]
+    seeds = [json.loads(card.read_text())["data"]["seed"] for card in cards]
+    assert seeds == [0, 1]
 
+    # every table cell is the mean of the two seeds' values ± the t half-width, by hand
+    tests = {
+        (r["seed"], r["noise_ratio"]): float(r["acc"]) * 100
+        for r in rows
+        if r["test_set"] == "test"
+    }
+    a, b = tests[("0", "0.1")], tests[("1", "0.1")]
+    half = 12.706204736174707 * abs(a - b) / 2  # t_{0.975, 1} * s / sqrt(2), s = |a - b| / sqrt 2
     summary = (out / "summary.md").read_text()
     assert "## ID accuracy (%)" in summary and "| method | 0 % | 10 % |" in summary
+    assert f"{(a + b) / 2:.1f} ± {half:.1f} |" in summary
+    assert "mean over n = 2 seeds (0, 1)" in summary
     assert "| lp |" in summary and "## Runs that did not succeed" not in summary
     for figure in ("accuracy.png", "spectrum.png"):
         assert (out / figure).read_bytes()[:8] == PNG_MAGIC
+    with (out / "claims.csv").open() as handle:
+        claims = list(csv.DictReader(handle))
+    assert list(claims[0]) == CLAIM_COLUMNS
+    assert {c["verdict"] for c in claims} <= {"reproduced", "contradicted", "inconclusive"}
+    assert all(c["n"] == "2" for c in claims)
+    # two ratios: no slope, no heavy ratio, no NMTune: listed as not testable
+    assert "Not testable by this sweep" in (out / "claims.md").read_text()
 
 
 def test_a_second_invocation_runs_nothing(micro):
@@ -130,21 +162,21 @@ def test_a_second_invocation_runs_nothing(micro):
     before = results(out)
     result = run_sweep(config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "plan: 4 runs, 4 done, 0 to run" in result.stdout
+    assert "plan: 8 runs, 8 done, 0 to run" in result.stdout
     assert results(out) == before
 
 
 def test_deleting_one_result_reruns_only_that_run(micro):
     config, out, _ = micro
-    (out / "adapt/ratio_0.10/lp_id/result.json").unlink()
+    (out / "seed_1/adapt/ratio_0.10/lp_id/result.json").unlink()
     before = results(out)
     result = run_sweep(config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "plan: 4 runs, 3 done, 1 to run" in result.stdout
-    assert "to run: adapt/ratio_0.10/lp_id" in result.stdout
+    assert "plan: 8 runs, 7 done, 1 to run" in result.stdout
+    assert "to run: seed_1/adapt/ratio_0.10/lp_id" in result.stdout
     after = results(out)
     assert {k: after[k] for k in before} == before
-    assert "adapt/ratio_0.10/lp_id/result.json" in after
+    assert "seed_1/adapt/ratio_0.10/lp_id/result.json" in after
 
 
 def test_failed_runs_are_reported_and_the_others_complete(
@@ -152,7 +184,7 @@ def test_failed_runs_are_reported_and_the_others_complete(
 ):
     _, done, _ = micro
     shutil.copytree(done, tmp_path / "out")  # reuse the finished runs
-    (tmp_path / "out/adapt/ratio_0.00/lp_id/result.json").unlink()  # one good run to do
+    (tmp_path / "out/seed_0/adapt/ratio_0.00/lp_id/result.json").unlink()  # one good run to do
     broken = {
         "config": "quickstart/lp_id.yaml",
         "name": "lp_broken",
@@ -163,6 +195,7 @@ def test_failed_runs_are_reported_and_the_others_complete(
         tmp_path,
         builtin_root,
         tiny_fashion_mnist,
+        seeds=[0],
         pretrain={"ratios": [0.0, 0.1, 1.5]},  # 1.5: the pre-training refuses the ratio
         adapt={"runs": [{"config": "quickstart/lp_id.yaml"}, broken]},
     )
@@ -181,7 +214,7 @@ def test_failed_runs_are_reported_and_the_others_complete(
         ("0.1", "lp_broken"): "failed",
         ("1.5", "lp_broken"): "skipped",
     }
-    pretrain_log = out / "pretrain_fs/ratio_1.50/log.txt"
+    pretrain_log = out / "seed_0/pretrain_fs/ratio_1.50/log.txt"
     assert "noise_ratio must be in [0, 1)" in pretrain_log.read_text()
     for row in rows:
         if row["status"] == "failed":
@@ -189,14 +222,14 @@ def test_failed_runs_are_reported_and_the_others_complete(
             assert "optimizer.lr" in Path(row["log"]).read_text()
         if row["status"] == "skipped":
             assert Path(row["log"]) == pretrain_log
-    assert (out / "adapt/ratio_0.00/lp_id/result.json").is_file()
+    assert (out / "seed_0/adapt/ratio_0.00/lp_id/result.json").is_file()
 
     summary = (out / "summary.md").read_text()
     assert "## Runs that did not succeed" in summary
     assert 'Parser key "optimizer.lr"' in summary  # the reason: the log's error message
     assert "error: data.noise_ratio must be in [0, 1), got 1.5" in summary
     assert "its pre-training did not succeed" in summary
-    assert f"`{out / 'adapt/ratio_0.10/lp_broken/log.txt'}`" in summary
+    assert f"`{out / 'seed_0/adapt/ratio_0.10/lp_broken/log.txt'}`" in summary
     assert f"`{pretrain_log}`" in summary
     assert "| lp_broken | – | – | – |" in summary  # no average from failed runs
 
@@ -204,14 +237,15 @@ def test_failed_runs_are_reported_and_the_others_complete(
 def test_one_ratio_launched_by_hand_is_adopted_and_the_rest_of_it_runs(
     builtin_root, tiny_fashion_mnist, tmp_path
 ):
-    """The cluster path: print one ratio's commands, launch its pre-training by hand (as under
-    srun), then `--ratio` runs only what that ratio still needs."""
+    """The cluster path: print one ratio's and seed's commands, launch its pre-training by hand
+    (as under srun), then `--ratio --seed` runs only what that ratio and seed still need."""
     config = sweep_config(tmp_path, builtin_root, tiny_fashion_mnist)
     out = tmp_path / "out"
-    printed = run_sweep(config, "--ratio", "0.1", "--print-commands")
+    printed = run_sweep(config, "--ratio", "0.1", "--seed", "1", "--print-commands")
     assert printed.returncode == 0, printed.stderr[-3000:]
     lines = printed.stdout.splitlines()
-    assert lines[0::2] == ["# pretrain_fs/ratio_0.10", "# adapt/ratio_0.10/lp_id"]
+    assert lines[0::2] == ["# seed_1/pretrain_fs/ratio_0.10", "# seed_1/adapt/ratio_0.10/lp_id"]
+    assert "seed_0" not in printed.stdout
     assert "--data.init_args.noise_ratio=0.1" in lines[1] and "ratio_0.00" not in printed.stdout
     assert not out.exists()  # printing runs nothing
 
@@ -219,21 +253,25 @@ def test_one_ratio_launched_by_hand_is_adopted_and_the_rest_of_it_runs(
         shlex.split(lines[1]), cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert by_hand.returncode == 0, by_hand.stderr[-3000:]
-    result = run_sweep(config, "--ratio", "0.1")
+    result = run_sweep(config, "--ratio", "0.1", "--seed", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "adopted (launched outside the sweep): pretrain_fs/ratio_0.10" in result.stdout
+    assert "adopted (launched outside the sweep): seed_1/pretrain_fs/ratio_0.10" in result.stdout
     assert "plan: 2 runs, 1 done, 1 to run" in result.stdout
     assert set(results(out)) == {
-        "pretrain_fs/ratio_0.10/result.json",
-        "adapt/ratio_0.10/lp_id/result.json",
+        "seed_1/pretrain_fs/ratio_0.10/result.json",
+        "seed_1/adapt/ratio_0.10/lp_id/result.json",
     }
-    assert not (out / "pretrain_fs/ratio_0.10/log.txt").exists()
-    status = {(r["noise_ratio"], r["test_set"]): r["status"] for r in read_summary(out)}
+    assert not (out / "seed_1/pretrain_fs/ratio_0.10/log.txt").exists()
+    rows = [r for r in read_summary(out) if r["seed"] == "1"]
+    status = {(r["noise_ratio"], r["test_set"]): r["status"] for r in rows}
     assert status[("0.1", "test")] == "ok" and status[("0.0", "")] == "missing"
 
     unknown = run_sweep(config, "--ratio", "0.7")
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == "error: --ratio 0.7 is not in pretrain.ratios [0.0, 0.1]"
+    unknown = run_sweep(config, "--seed", "5")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "error: --seed 5 is not in seeds [0, 1]"
 
 
 def test_the_clip_variant_swaps_captions_and_adapts_with_clip_normalisation(tmp_path):
@@ -245,11 +283,12 @@ def test_the_clip_variant_swaps_captions_and_adapts_with_clip_normalisation(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     commands = dict(zip(*[iter(result.stdout.splitlines())] * 2, strict=True))
     ratios = ["0.00", "0.05", "0.10", "0.20", "0.30"]
-    assert [label for label in commands if label.startswith("# pretrain")] == [
-        f"# pretrain_clip/ratio_{r}" for r in ratios
+    assert [label for label in commands if "/pretrain" in label] == [
+        f"# seed_0/pretrain_clip/ratio_{r}" for r in ratios
     ]
-    assert "quickstart/pretrain_clip.yaml" in commands["# pretrain_clip/ratio_0.20"]
-    assert "--data.init_args.caption_noise_ratio=0.2 " in commands["# pretrain_clip/ratio_0.20"]
+    pretraining = commands["# seed_0/pretrain_clip/ratio_0.20"]
+    assert "quickstart/pretrain_clip.yaml" in pretraining
+    assert "--data.init_args.caption_noise_ratio=0.2 " in pretraining
     adaptations = [command for label, command in commands.items() if "adapt/" in label]
     assert len(adaptations) == 6 * len(ratios)
     assert all("--data.init_args.transform.normalization=clip" in c for c in adaptations)
@@ -302,8 +341,8 @@ def test_averages_follow_the_paper_rule():
         record("lp", "id", "b", 0.1, {}, status="failed"),
     ]
     rows = build_rows([], adapt)
-    assert averages(rows, "id", "acc") == {"lp": {0.0: pytest.approx(0.6), 0.1: None}}
-    assert averages(rows, "ood", "acc") == {"lp": {0.0: pytest.approx(0.4)}}
+    assert averages(rows, "id", "acc") == {"lp": {0.0: {0: pytest.approx(0.6)}, 0.1: {0: None}}}
+    assert averages(rows, "ood", "acc") == {"lp": {0.0: {0: pytest.approx(0.4)}}}
 
 
 def test_the_report_names_the_kind_of_noise():
