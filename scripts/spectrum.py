@@ -1,4 +1,4 @@
-"""SVE and LSVR of a frozen backbone's features on one or more shard sets, offline.
+"""SVE, LSVR and the other spectrum metrics of a frozen backbone's features on shard sets, offline.
 
 The NMTune analysis of a feature space (see ``callbacks/spectrum.py`` for the metrics), run on
 any backbone: one a training run exported (``--card``), a timm model (``--timm``) or an open_clip
@@ -13,16 +13,23 @@ Usage::
     python scripts/spectrum.py --timm resnet50 --weights resnet50.safetensors \\
         --shards pets=data/pets/pets-val-{0000..0003}.tar --shards flowers=data/flowers/val-0000.tar
     python scripts/spectrum.py --open-clip ViT-B-16 --pretrained open_clip_model.safetensors \\
-        --shards data/cc3m/cc3m-val-{0000..0009}.tar --image-text --max-samples 10000
+        --shards data/cc3m/cc3m-val-{0000..0009}.tar --image-text --max-samples 10000 \\
+        --protocol official
 
-It prints a table and writes ``--out`` (JSON): the backbone identity, the options, and per set
-``sve``, ``lsvr``, ``num_samples`` and the ``singular_values``.
+``--protocol paper`` (the default: rows L2-normalised, no centring) or ``official`` (rows
+normalised, then each row's own mean subtracted, as the official NMTune analysis), or the
+preprocessing itself (``--no-normalize-rows``, ``--center [none|column|row]``). It prints a table
+and writes ``--out`` (JSON): the backbone identity, ``spectrum`` (the protocol: its name,
+``normalize_rows``, ``center``), the other options, and per set ``num_samples``, ``sve``,
+``lsvr``, ``erank``, ``stable_rank``, ``alpha_req`` (null where undefined) and the
+``singular_values``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -35,7 +42,14 @@ import torch
 # Run as `python scripts/spectrum.py` from a checkout, without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.spectrum import GramAccumulator
+from callbacks.spectrum import (
+    CENTER_MODES,
+    METRIC_NAMES,
+    PROTOCOLS,
+    GramAccumulator,
+    SpectrumProtocol,
+    resolve_protocol,
+)
 from datamodules.errors import ConfigError
 from datamodules.formats import ClassificationFormat, ImageTextFormat
 from datamodules.pipeline import EpochLoader, ShardStream
@@ -106,12 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluation centre-crop fraction (default: %(default)s; 1.0 keeps the whole image)",
     )
     parser.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        help="preprocessing by name: paper (rows L2-normalised; the default) or official\n"
+        "(rows normalised, then each row's own mean subtracted, as the official analysis)",
+    )
+    parser.add_argument(
         "--no-normalize-rows",
         dest="normalize_rows",
-        action="store_false",
+        action="store_const",
+        const=False,
         help="keep feature norms (default: L2-normalise each sample's features)",
     )
-    parser.add_argument("--center", action="store_true", help="centre the feature columns")
+    parser.add_argument(
+        "--center",
+        nargs="?",
+        const="column",
+        choices=CENTER_MODES,
+        help="centre the features: column (alone: the column mean, a PCA spectrum), row (each\n"
+        "row's own mean) or none (the default)",
+    )
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -140,6 +168,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--pretrained goes with --open-clip")
     if args.open_clip and not args.pretrained:
         parser.error("--open-clip needs --pretrained TAG_OR_FILE (a tag such as openai, or a file)")
+    try:
+        args.spectrum = resolve_protocol(args.protocol, args.normalize_rows, args.center)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -210,7 +242,8 @@ def set_loader(spec: ShardSpec, args: argparse.Namespace, backbone: Backbone) ->
 @torch.inference_mode()
 def set_spectrum(backbone: Backbone, spec: ShardSpec, args: argparse.Namespace) -> dict:
     """Stream one set's features into a Gram matrix; its spectrum and sample count."""
-    gram = GramAccumulator(backbone.dim, args.normalize_rows, args.center)
+    protocol: SpectrumProtocol = args.spectrum
+    gram = GramAccumulator(backbone.dim, protocol.normalize_rows, protocol.center)
     for batch in set_loader(spec, args, backbone):
         images = batch["image"]
         if args.max_samples:
@@ -225,8 +258,8 @@ def set_spectrum(backbone: Backbone, spec: ShardSpec, args: argparse.Namespace) 
     return {
         "shards": spec.spec,
         "num_samples": gram.num_samples,
-        "sve": metrics["sve"],
-        "lsvr": metrics["lsvr"],
+        # JSON has no NaN: an undefined metric (alpha_req of rank-one features) is null
+        **{name: metrics[name] if math.isfinite(metrics[name]) else None for name in METRIC_NAMES},
         "singular_values": metrics["singular_values"].tolist(),
     }
 
@@ -237,21 +270,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     backbone, source = load_backbone(args)
     backbone.to(args.device)
     image_size = args.image_size or backbone.image_size
+    protocol = args.spectrum.info()
     print(
         f"backbone {backbone.identity} (dim {backbone.dim}), {image_size} px, "
-        f"{backbone.normalization} normalization, on {args.device}"
+        f"{backbone.normalization} normalization, on {args.device}; spectrum protocol "
+        f"{protocol['protocol']} (normalize_rows {protocol['normalize_rows']}, "
+        f"center {protocol['center']})"
     )
-    print(f"{'set':<20} {'samples':>9} {'SVE':>9} {'LSVR':>9}")
+    print(f"{'set':<20} {'samples':>9}" + "".join(f" {name:>11}" for name in METRIC_NAMES))
     results = {}
     for name, spec in sets.items():
         result = set_spectrum(backbone, spec, args)
         results[name] = result
-        print(f"{name:<20} {result['num_samples']:>9} {result['sve']:>9.4f} {result['lsvr']:>9.4f}")
+        values = "".join(_cell(result[metric]) for metric in METRIC_NAMES)
+        print(f"{name:<20} {result['num_samples']:>9}{values}")
     return {
         "backbone": {"identity": backbone.identity, "dim": backbone.dim, **source},
+        "spectrum": protocol,
         "options": {
-            "normalize_rows": args.normalize_rows,
-            "center": args.center,
             "image_size": image_size,
             "normalization": backbone.normalization,
             "crop_pct": args.crop_pct,
@@ -260,6 +296,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "sets": results,
     }
+
+
+def _cell(value: float | None) -> str:
+    return f" {'n/a':>11}" if value is None else f" {value:>11.4f}"
 
 
 def main(argv: list[str] | None = None) -> None:

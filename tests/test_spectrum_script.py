@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from callbacks.export import write_card
-from callbacks.spectrum import spectral_metrics
+from callbacks.spectrum import METRIC_NAMES, spectral_metrics
 from datamodules.formats import decode_image
 from datamodules.transforms import TransformConfig
 from lightning_modules.backbones import Backbone, from_card, timm_backbone
@@ -49,7 +49,7 @@ def card(tmp_path: Path) -> Path:
 
 
 def reference(
-    backbone: Backbone, seeds: range, batch_size: int, **options: bool
+    backbone: Backbone, seeds: range, batch_size: int, **options: bool | str
 ) -> dict[str, float | torch.Tensor]:
     """spectral_metrics of the features of the shard images ``png_bytes(seed)``, computed in
     the script's batches (same shapes, so the same float32 features) without the pipeline."""
@@ -62,8 +62,8 @@ def reference(
 
 def assert_matches(result: dict, expected: dict, num_samples: int) -> None:
     assert result["num_samples"] == num_samples
-    assert result["sve"] == pytest.approx(expected["sve"], rel=1e-6)
-    assert result["lsvr"] == pytest.approx(expected["lsvr"], rel=1e-6)
+    for name in METRIC_NAMES:
+        assert result[name] == pytest.approx(expected[name], rel=1e-6), name
     singular_values = torch.tensor(result["singular_values"], dtype=torch.float64)
     top = float(expected["singular_values"][0])
     torch.testing.assert_close(
@@ -83,11 +83,12 @@ def test_two_sets_match_spectral_metrics(card, make_shards, tmp_path):
     report = json.loads(out.read_text())
     backbone = from_card(card)
     assert report["backbone"]["identity"] == backbone.identity
-    assert report["options"]["normalize_rows"] and not report["options"]["center"]
+    assert report["spectrum"] == {"protocol": "paper", "normalize_rows": True, "center": "none"}
     assert list(report["sets"]) == ["pets", "extra"], "named, then named after its folder"
     assert_matches(report["sets"]["pets"], reference(backbone, range(20), 8), 20)
     assert_matches(report["sets"]["extra"], reference(backbone, range(6), 8), 6)
-    assert "pets" in result.stdout and "SVE" in result.stdout
+    assert "pets" in result.stdout and "stable_rank" in result.stdout
+    assert "spectrum protocol paper" in result.stdout
 
 
 def test_options_center_raw_rows_and_max_samples(card, make_shards, tmp_path):
@@ -103,7 +104,26 @@ def test_options_center_raw_rows_and_max_samples(card, make_shards, tmp_path):
     report = json.loads(out.read_text())
     expected = reference(from_card(card), range(15), 4, normalize_rows=False, center=True)
     assert_matches(report["sets"]["v"], expected, 15)
-    assert report["options"]["center"] and not report["options"]["normalize_rows"]
+    assert report["spectrum"] == {"protocol": "custom", "normalize_rows": False, "center": "column"}
+
+
+@pytest.mark.parametrize("protocol_options", [["--protocol", "official"], ["--center", "row"]])
+def test_official_protocol_is_the_row_centred_spectrum(
+    card, make_shards, tmp_path, protocol_options
+):
+    """By name or by its settings: rows normalised and row-centred, and spectrum.json says so."""
+    spec = make_shards([12, 8], name="val")
+    out = tmp_path / "spectrum.json"
+    load_script().main(
+        [
+            *("--card", str(card), "--shards", spec, "--image-size", "32", "--crop-pct", "1.0"),
+            *("--workers", "0", "--batch-size", "8", "--out", str(out), *protocol_options),
+        ]
+    )
+    report = json.loads(out.read_text())
+    assert report["spectrum"] == {"protocol": "official", "normalize_rows": True, "center": "row"}
+    expected = reference(from_card(card), range(20), 8, center="row")
+    assert_matches(report["sets"]["val"], expected, 20)
 
 
 def test_timm_weights_source(make_shards, tmp_path):
@@ -131,6 +151,10 @@ def test_timm_weights_source(make_shards, tmp_path):
         (["--shards", "x.tar", "--shards", "y.tar", "--shards-name", "n"], "single unnamed"),
         (["--shards", "x.tar", "--pretrained", "openai"], "--pretrained goes with --open-clip"),
         (["--shards", "x.tar", "--max-samples", "0"], "must be a positive integer"),
+        (["--shards", "x.tar", "--protocol", "official", "--center"], "protocol 'official' means"),
+        (["--shards", "x.tar", "--protocol", "paper", "--no-normalize-rows"], "protocol 'paper'"),
+        (["--shards", "x.tar", "--center", "diag"], "invalid choice: 'diag'"),
+        (["--shards", "x.tar", "--protocol", "pca"], "invalid choice: 'pca'"),
     ],
 )
 def test_option_mistakes_exit_2(card, capsys, extra, message):
