@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torchvision import transforms as T
 
 NORMALIZATIONS = {
     "imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
@@ -46,7 +47,7 @@ class TransformConfig:
                 f"unknown normalization {self.normalization!r}; use one of {sorted(NORMALIZATIONS)}"
             )
         mean, std = NORMALIZATIONS[self.normalization]
-        return create_transform(
+        return create_transform(  # a Compose whose first step is the random crop when training
             self.image_size,
             is_training=training,
             scale=_pair(self.scale),
@@ -63,3 +64,54 @@ class TransformConfig:
 def _pair(values: Sequence[float]) -> tuple[float, float]:
     low, high = values
     return float(low), float(high)
+
+
+Transform = Callable[[Image.Image], torch.Tensor]
+# The official NMTune code's strong view (``--use-weak-strong``): torchvision RandAugment with
+# 3 operations at magnitude 5, bicubic, inserted right after the random crop.
+STRONG_RANDAUGMENT = {"num_ops": 3, "magnitude": 5}
+
+
+class TwoViews:
+    """Two independently augmented views of one image, stacked ``(2, C, H, W)`` so that the
+    default collate gives ``(B, 2, C, H, W)``: view 0 is the weak one, view 1 the strong one."""
+
+    def __init__(self, weak: Transform, strong: Transform) -> None:
+        self.weak = weak
+        self.strong = strong
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.stack([self.weak(image), self.strong(image)])
+
+
+def with_randaugment(transform: T.Compose) -> T.Compose:
+    """``transform`` with the official strong RandAugment(3, 5) after its first step (the random
+    crop: the official code inserts it at ``len - 3`` of ``[crop, flip, to_tensor, normalize]``,
+    the same place)."""
+    steps = list(transform.transforms)
+    randaugment = T.RandAugment(**STRONG_RANDAUGMENT, interpolation=T.InterpolationMode.BICUBIC)
+    return T.Compose([steps[0], randaugment, *steps[1:]])
+
+
+@dataclass(frozen=True)
+class TwoViewTransformConfig(TransformConfig):
+    """A :class:`TransformConfig` whose training transform returns two fresh views of every image
+    at every step (the official NMTune step's ``TransformTwice``); evaluation is unchanged.
+
+    Args:
+        strong_randaugment: The second view adds RandAugment(3, 5), as the official
+            ``--use-weak-strong``; off (the official README's commands), both views are two
+            independent draws of the same training transform.
+    """
+
+    strong_randaugment: bool = False
+
+    @classmethod
+    def of(cls, config: TransformConfig, strong_randaugment: bool) -> TwoViewTransformConfig:
+        return cls(**{**asdict(config), "strong_randaugment": strong_randaugment})
+
+    def build(self, training: bool) -> Callable[[Image.Image], torch.Tensor]:
+        if not training:
+            return super().build(False)
+        weak = super().build(True)
+        return TwoViews(weak, with_randaugment(weak) if self.strong_randaugment else weak)
