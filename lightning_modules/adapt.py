@@ -32,6 +32,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from datamodules.errors import ConfigError
+from datamodules.transforms import TwoViewTransformConfig
 from lightning_modules.backbones import Backbone, BackboneConfig
 from lightning_modules.base import NoisyTrainingModule, OptimizerConfig, ParameterGroup
 from lightning_modules.heads import ResidualMLP
@@ -45,20 +46,29 @@ FROZEN_METHODS = ("lp", "mlp", "nmtune")
 
 @dataclass(frozen=True)
 class NMTuneConfig:
-    """NMTune head and regulariser weights.
+    """NMTune head, regulariser weights and training protocol.
 
     Args:
-        preset: ``paper`` (lambda 0.01 on MSE, COV and SVD, top-1 singular value, per-sample
-            MSE; the default, as the paper specifies) or ``official_code`` (1.0 / 0.04 / 0.001,
-            top-5, element-wise MSE, as the public repository runs).
+        preset: ``paper`` (the default: what the paper specifies, lambda 0.01 on MSE, COV and
+            SVD, top-1 singular value, per-sample MSE between F and Z of the same view, the
+            suite's single view and optimiser groups) or ``official_code`` (the step of the
+            public repository's ``src/models/nml_tune.py``: 1.0 / 0.04 / 0.001, top-5,
+            element-wise MSE, two views, a zero-bias classifier with ``kaiming_uniform``
+            weights, weight decay on every trainable parameter). With ``method: nmtune``
+            only; other methods read its weights (``backbone_regularizer``) and head.
         consistency: Override the preset's MSE weight.
         covariance: Override the preset's COV weight.
         dominant_singular: Override the preset's SVD weight.
         top_k: Override the number of leading singular values in the SVD term.
         mlp_ratio: Hidden width of the residual MLP as a multiple of D.
         scale_init: Initial per-dimension scale of the residual branch.
-        two_views: The official code's variant: CE on two augmented views, MSE between Z of
-            the second and F of the first (needs ``data`` with ``train_views >= 2``).
+        two_views: Train on two augmented views of every image: CE on all 2B rows, MSE between
+            Z of the second view and F of the first, COV and SVD on all 2B rows, the MLP run
+            once on the 2B rows. Fresh views at every step with ``cache_features: false``;
+            two of the ``data.train_views`` cached views otherwise. Default: on for
+            ``official_code`` with ``method: nmtune``, off otherwise.
+        strong_randaugment: The second view adds RandAugment(3, 5) (the official
+            ``--use-weak-strong``; its README's commands run without it). Fresh views only.
     """
 
     preset: Literal["paper", "official_code"] = "paper"
@@ -68,20 +78,40 @@ class NMTuneConfig:
     top_k: int | None = None
     mlp_ratio: int = 4
     scale_init: float = 1.0
-    two_views: bool = False
+    two_views: bool | None = None
+    strong_randaugment: bool = False
+
+    @property
+    def official(self) -> bool:
+        return self.preset == "official_code"
 
     def weights(self) -> NMTuneLossWeights:
-        base = (
-            NMTuneLossWeights.paper()
-            if self.preset == "paper"
-            else NMTuneLossWeights.official_code()
-        )
+        base = NMTuneLossWeights.official_code() if self.official else NMTuneLossWeights.paper()
         overrides = {
             name: value
             for name in ("consistency", "covariance", "dominant_singular", "top_k")
             if (value := getattr(self, name)) is not None
         }
         return replace(base, **overrides)
+
+
+def official_classifier(dim: int, num_classes: int) -> nn.Linear:
+    """The official ``ClassificationHead(False, kaiming_uniform(empty(C, D)))``: weights from
+    ``kaiming_uniform_`` with its defaults (bound sqrt(6 / D), not nn.Linear's 1 / sqrt(D)) drawn
+    first, and a bias that starts at zero and trains (the head replaces nn.Linear's bias with
+    ``zeros_like``; it is not bias-free)."""
+    weight = nn.init.kaiming_uniform_(torch.empty(num_classes, dim))
+    classifier = nn.Linear(dim, num_classes)
+    with torch.no_grad():
+        classifier.weight.copy_(weight)
+        classifier.bias.zero_()
+    return classifier
+
+
+def stack_views(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, C, H, W)`` two-view images -> ``(2B, C, H, W)`` rows ``[weak; strong]``, the
+    official step's ``torch.cat([inputs_w, inputs_s])``."""
+    return torch.cat([images[:, 0], images[:, 1]])
 
 
 class Adaptation(NoisyTrainingModule):
@@ -138,6 +168,11 @@ class Adaptation(NoisyTrainingModule):
         self.num_classes = num_classes
         self.backbone_config = backbone
         self.nmtune_config = nmtune
+        self.official_step = method == "nmtune" and nmtune.official
+        default_views = self.official_step if nmtune.two_views is None else nmtune.two_views
+        self.two_views = default_views and method in FROZEN_METHODS
+        if nmtune.two_views and method not in FROZEN_METHODS:
+            raise ConfigError(f"model.nmtune.two_views is for frozen backbones, not {method!r}")
         self.regularizer_weights = _regularizer_weights(method, nmtune, backbone_regularizer)
         self.backbone_lr_scale = backbone_lr_scale
         self.weight_decay_sweep = list(weight_decay_sweep or [])
@@ -163,11 +198,12 @@ class Adaptation(NoisyTrainingModule):
             self.transform = ResidualMLP(
                 dim, self.nmtune_config.mlp_ratio, self.nmtune_config.scale_init
             )
-        self.classifier = (
-            WeightDecaySweep(dim, self.num_classes, self.weight_decay_sweep)
-            if self.weight_decay_sweep
-            else nn.Linear(dim, self.num_classes)
-        )
+        if self.weight_decay_sweep:
+            self.classifier = WeightDecaySweep(dim, self.num_classes, self.weight_decay_sweep)
+        elif self.official_step:
+            self.classifier = official_classifier(dim, self.num_classes)
+        else:
+            self.classifier = nn.Linear(dim, self.num_classes)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -192,18 +228,15 @@ class Adaptation(NoisyTrainingModule):
                 f"backbone expects {self.backbone.normalization!r}",
                 stacklevel=2,
             )
+        if self.two_views:  # before any extraction
+            self._two_view_data(datamodule)
         if self.backbone is not None and self.cache_features:
             datamodule.use_cached_features(
                 self.backbone,
                 self.cache_dir,
                 self.trainer.strategy.root_device,
-                two_views=self.nmtune_config.two_views,
+                two_views=self.two_views,
                 stage=stage,
-            )
-        two_view_data = self.cache_features and getattr(datamodule, "train_views", 1) >= 2
-        if self.nmtune_config.two_views and not two_view_data:
-            raise ConfigError(
-                "model.nmtune.two_views needs cached features with data.train_views >= 2"
             )
         for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
             if self.sweep is not None:
@@ -215,6 +248,29 @@ class Adaptation(NoisyTrainingModule):
                     "f1": MulticlassF1Score(self.num_classes, average="macro"),
                 }
             )
+
+    def _two_view_data(self, datamodule: Any) -> None:
+        """Cached features: two of the ``data.train_views`` views per row. Images: the training
+        transform gives two fresh views of every image at every step."""
+        strong = self.nmtune_config.strong_randaugment
+        if self.backbone is None:
+            raise ConfigError(
+                "model.nmtune.two_views needs images and a backbone, not embeddings: set "
+                "model.nmtune.two_views: false"
+            )
+        if self.cache_features:
+            if getattr(datamodule, "train_views", 1) < 2:
+                raise ConfigError(
+                    "model.nmtune.two_views with cached features needs data.train_views >= 2 "
+                    "(or model.cache_features: false for fresh views at every step)"
+                )
+            if strong:
+                raise ConfigError(
+                    "model.nmtune.strong_randaugment draws fresh views: set "
+                    "model.cache_features: false"
+                )
+            return
+        datamodule.transform = TwoViewTransformConfig.of(datamodule.transform, strong)
 
     @property
     def sweep(self) -> WeightDecaySweep | None:
@@ -243,23 +299,33 @@ class Adaptation(NoisyTrainingModule):
         """What the classifier sees: Z for MLP/NMTune, backbone features otherwise."""
         return self._transform(self._backbone_features(batch))
 
-    def _backbone_features(self, batch: dict[str, Any], key: str = "features") -> torch.Tensor:
+    def _backbone_features(self, batch: dict[str, Any]) -> torch.Tensor:
         """Cached features when the batch has them, else the backbone on the images."""
-        if key in batch:
-            return batch[key]
+        if "features" in batch:
+            return batch["features"]
         with torch.set_grad_enabled(self.method not in FROZEN_METHODS and torch.is_grad_enabled()):
             return self.backbone(batch["image"])
 
     def _transform(self, features: torch.Tensor) -> torch.Tensor:
         return features if self.transform is None else self.transform(features)
 
+    def _two_view_features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """F of both views, ``[weak; strong]`` (2B rows): two cached views, or the backbone run
+        once on the 2B freshly augmented images."""
+        if "features" in batch:
+            return torch.cat([batch["features"], batch["features_strong"]])
+        return self._backbone_features({"image": stack_views(batch["image"])})
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        features = self._backbone_features(batch)
-        transformed = self._transform(features)
-        rows, labels = transformed, batch["label"]
-        if self.nmtune_config.two_views:  # CE on both views; MSE between Z(strong) and F(weak)
-            transformed = self._transform(self._backbone_features(batch, "features_strong"))
-            rows, labels = torch.cat([rows, transformed]), torch.cat([labels, labels])
+        labels = batch["label"]
+        if self.two_views:  # CE on both views; MSE between Z(strong) and F(weak)
+            features, labels = self._two_view_features(batch), labels.repeat(2)
+        else:
+            features = self._backbone_features(batch)
+        rows = self._transform(features)  # one pass: BatchNorm sees every row, as officially
+        weak, strong = (
+            (features.chunk(2)[0], rows.chunk(2)[1]) if self.two_views else (features, rows)
+        )
         if self.sweep is not None:  # summed over the heads; logged as their mean
             loss = self.sweep.loss(rows, labels)
             self.log("train/ce", loss / len(self.sweep.heads), on_step=True, on_epoch=True)
@@ -267,7 +333,7 @@ class Adaptation(NoisyTrainingModule):
             loss = F.cross_entropy(self.classifier(rows), labels)
             self.log("train/ce", loss, on_step=True, on_epoch=True, prog_bar=True)
         if self.regularizer_weights is not None:
-            terms = nmtune_regularizer(features, transformed, self.regularizer_weights, rows)
+            terms = nmtune_regularizer(weak, strong, self.regularizer_weights, rows)
             for name, value in terms.items():
                 self.log(f"train/reg_{name}", value, on_step=False, on_epoch=True)
             loss = loss + terms["total"]
@@ -300,6 +366,16 @@ class Adaptation(NoisyTrainingModule):
         self.log_dict({f"{split}/{key}": value for key, value in logs.items()}, sync_dist=False)
 
     # --- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The suite's groups; under ``official_code`` every group decays (biases, BatchNorm
+        and the scale too), as the official ``AdamW(params, weight_decay=wd)``. AdamW's update
+        is per parameter, so equal hyperparameters in two groups equal one group."""
+        config = super().configure_optimizers()
+        if self.official_step:
+            for group in config["optimizer"].param_groups:
+                group["weight_decay"] = self.optimizer_config.weight_decay
+        return config
+
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         if self.backbone is not None:  # a frozen Backbone stays in eval mode; LoRA/FT train
