@@ -53,6 +53,7 @@ one exact zero when ``N >= D`` (the direction ``1`` is removed), and the thresho
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,6 +63,7 @@ from torch import Tensor
 
 __all__ = [
     "CENTER_MODES",
+    "METRICS",
     "METRIC_NAMES",
     "PROTOCOLS",
     "RELATIVE_EIGENVALUE_TOL",
@@ -82,8 +84,6 @@ RELATIVE_EIGENVALUE_TOL: float = 1e-12
 
 CenterMode = Literal["none", "column", "row"]
 CENTER_MODES: tuple[str, ...] = ("none", "column", "row")
-METRIC_NAMES: tuple[str, ...] = ("sve", "lsvr", "erank", "stable_rank", "alpha_req")
-"""Keys of the scalar metrics in :func:`spectral_metrics`' result, in logging order."""
 
 RANKME_EPS: float = 1e-7
 """RankMe's epsilon, added to every normalised singular value (Garrido et al. 2023)."""
@@ -281,14 +281,22 @@ def _threshold_eigenvalues(eigenvalues: Tensor, frobenius_sq: Tensor | float) ->
     return torch.where(eigenvalues > cutoff, eigenvalues, torch.zeros_like(eigenvalues))
 
 
+METRICS: dict[str, Callable[[Tensor], float]] = {
+    "sve": singular_value_entropy,
+    "lsvr": largest_singular_value_ratio,
+    "erank": effective_rank,
+    "stable_rank": stable_rank,
+    "alpha_req": alpha_req,
+}
+"""Each scalar metric by its key in results and logs, as a function of the singular values."""
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+"""Keys of the scalar metrics in :func:`spectral_metrics`' result, in logging order."""
+
+
 def _metrics(singular_values: Tensor) -> dict[str, float | Tensor]:
-    """Build the result dict shared by both paths: :data:`METRIC_NAMES` and the spectrum."""
+    """Build the result dict shared by both paths: :data:`METRICS` and the spectrum."""
     return {
-        "sve": singular_value_entropy(singular_values),
-        "lsvr": largest_singular_value_ratio(singular_values),
-        "erank": effective_rank(singular_values),
-        "stable_rank": stable_rank(singular_values),
-        "alpha_req": alpha_req(singular_values),
+        **{name: metric(singular_values) for name, metric in METRICS.items()},
         "singular_values": singular_values,
     }
 
