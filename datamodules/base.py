@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 import lightning as L
 
-from datamodules.builtin import builtin_dataset, prepare_builtin
+from datamodules.builtin import BuiltinDataError, builtin_dataset, prepare_builtin
 from datamodules.errors import ConfigError
-from datamodules.pipeline import EpochLoader, SampleFormat, ShardStream
+from datamodules.pipeline import EpochLoader, SampleFormat, ShardStream, check_enough_shards
 from datamodules.shards import ShardSpec, ShardSpecError, parse_shards
 from datamodules.transforms import TransformConfig
 
@@ -113,6 +113,8 @@ class ShardDataModule(L.LightningDataModule):
         self.test_in_validation = test_in_validation
         self.train_spec: ShardSpec | None = None
         self.eval_specs: dict[str, dict[str, ShardSpec]] = {"val": {}, "test": {}}
+        self._parsed: dict[tuple[str, str, tuple[float, ...] | None], ShardSpec] = {}
+        self._planned_world_size: int | None = None
 
     # --- subclass interface -------------------------------------------------------------------
     def sample_format(self, training: bool) -> SampleFormat:
@@ -129,7 +131,7 @@ class ShardDataModule(L.LightningDataModule):
     # --- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.builtin is not None:
-            prepare_builtin(self.builtin, self.builtin_root, self.builtin_source)
+            self._prepare_builtin()
 
     def setup(self, stage: str | None = None) -> None:
         builtin = self._builtin_specs()
@@ -143,6 +145,8 @@ class ShardDataModule(L.LightningDataModule):
                 )
             self.train_spec = self._parse(train, "train_shards", self.source_weights)
             self.batches_per_rank()  # fail now, not at the first epoch
+            if not self.resample:
+                check_enough_shards(self.train_spec, self._rank_world()[1], self.num_workers)
         self.eval_specs["val"] = self._parse_named(val, "val_shards")
         self.eval_specs["test"] = self._parse_named(test, "test_shards")
         if self.test_in_validation:
@@ -161,6 +165,15 @@ class ShardDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[EpochLoader]:
         return self._eval_loaders("test")
+
+    def check_before_training(self, stage: str, world_size: int) -> None:
+        """Run ``setup(stage)`` as ``world_size`` ranks will, before any of them exists: a data
+        mistake then stops the run before Lightning starts rank processes or a log folder."""
+        self._planned_world_size = world_size
+        try:
+            self.setup(stage)
+        finally:
+            self._planned_world_size = None
 
     # --- helpers ------------------------------------------------------------------------------
     def eval_names(self, split: str = "val") -> list[str]:
@@ -188,15 +201,33 @@ class ShardDataModule(L.LightningDataModule):
     def _builtin_specs(self) -> dict[str, str | dict[str, str]]:
         if self.builtin is None:
             return {}
-        return prepare_builtin(self.builtin, self.builtin_root, self.builtin_source)[self.layout]
+        return self._prepare_builtin()[self.layout]
+
+    def _prepare_builtin(self) -> dict[str, dict[str, str | dict[str, str]]]:
+        """Write the built-in shards once; a folder that cannot take them is the user's to fix."""
+        assert self.builtin is not None
+        try:
+            return prepare_builtin(self.builtin, self.builtin_root, self.builtin_source)
+        except BuiltinDataError:  # the source files are missing: its own message says where
+            raise
+        except OSError as err:
+            raise ConfigError(
+                f"data.builtin_root: cannot write the built-in {self.builtin!r} shards into "
+                f"{self.builtin_root} ({err.strerror or err}); point it at a writable folder"
+            ) from None
 
     def _parse(self, spec: str, option: str, weights: list[float] | None = None) -> ShardSpec:
-        try:
-            parsed = parse_shards(spec, weights, self.allow_shard_commands)
-        except ShardSpecError as err:
-            raise ShardSpecError(f"data.{option}: {err}") from None
-        self.check_shards(parsed)
-        return parsed
+        """Parsed once per spec: the check before training and Lightning's setup share it (a spec
+        without counts is counted by reading every tar's headers)."""
+        memo = (spec, option, None if weights is None else tuple(weights))
+        if memo not in self._parsed:
+            try:
+                parsed = parse_shards(spec, weights, self.allow_shard_commands)
+            except ShardSpecError as err:
+                raise ShardSpecError(f"data.{option}: {err}") from None
+            self.check_shards(parsed)
+            self._parsed[memo] = parsed
+        return self._parsed[memo]
 
     def _parse_named(self, shards: Shards, option: str) -> dict[str, ShardSpec]:
         if not shards:
@@ -227,6 +258,8 @@ class ShardDataModule(L.LightningDataModule):
         ]
 
     def _rank_world(self) -> tuple[int, int]:
+        if self._planned_world_size is not None:
+            return 0, self._planned_world_size
         if self.trainer is None:
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size

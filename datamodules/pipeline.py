@@ -32,7 +32,7 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from datamodules.formats import Sample, SkipSample, collate
-from datamodules.shards import ShardSpec
+from datamodules.shards import ShardSpec, ShardSpecError
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,17 @@ class SkipLedger:
         return delta
 
 
+def check_enough_shards(spec: ShardSpec, world_size: int, num_workers: int) -> None:
+    """A shuffled pass gives each rank's workers disjoint shards: every reader needs one."""
+    readers = world_size * max(1, num_workers)
+    if len(spec.urls) < readers:
+        raise ShardSpecError(
+            f"data.train_shards: {len(spec.urls)} shards cannot feed {world_size} ranks x "
+            f"{max(1, num_workers)} workers = {readers} readers ({spec.spec}); write more, "
+            "smaller shards, lower data.num_workers, or set data.resample: true"
+        )
+
+
 def read_shard(url: str, ledger: SkipLedger) -> Iterator[Sample]:
     """Raw samples of one tar: members grouped by key inside this tar only.
 
@@ -179,13 +190,8 @@ class ShardStream(IterableDataset):
 
     def check_enough_shards(self, num_workers: int) -> None:
         """Fail early when some training worker would receive no shard at all."""
-        readers = self.world_size * max(1, num_workers)
-        if self.training and not self.resample and len(self.spec.urls) < readers:
-            raise ValueError(
-                f"{len(self.spec.urls)} shards cannot feed {self.world_size} ranks x "
-                f"{max(1, num_workers)} workers = {readers} readers ({self.spec.spec}). Use more "
-                "(smaller) shards, fewer workers, or `resample: true`."
-            )
+        if self.training and not self.resample:
+            check_enough_shards(self.spec, self.world_size, num_workers)
 
     def shard_urls(self, worker: int, num_workers: int) -> Iterator[str]:
         """This worker's shards for one pass of the current epoch (endless when resampling)."""

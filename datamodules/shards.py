@@ -87,8 +87,8 @@ def parse_shards(
             f"{len(weights)} source weights given for {len(parts)} shard sources in {spec!r}; "
             "give one weight per '::'-separated source"
         )
-    sources = []
-    for index, part in enumerate(parts):
+    expanded = []
+    for part in parts:
         pattern, _, count = part.partition("|")
         try:
             inline_count = int(count) if count else None
@@ -96,9 +96,10 @@ def parse_shards(
             raise ShardSpecError(
                 f"sample count after '|' must be an integer in {part!r}, e.g. 'x-{{0..9}}.tar|5000'"
             ) from None
-        urls = tuple(braceexpand.braceexpand(pattern.strip()))
-        _check_urls(urls, allow_commands)
-        num_samples = inline_count
+        expanded.append((part, tuple(braceexpand.braceexpand(pattern.strip())), inline_count))
+    _check_urls([url for _, urls, _ in expanded for url in urls], allow_commands)  # all sources
+    sources = []
+    for index, (part, urls, num_samples) in enumerate(expanded):
         if num_samples is None and count_samples:
             num_samples = _lookup_count(urls)
         weight = 1.0 if weights is None else float(weights[index])
@@ -146,7 +147,7 @@ def shard_sample_count(url: str) -> int | None:
         return lengths[path.name]
     stats = path.with_name(path.name.removesuffix(".tar") + "_stats.json")
     if stats.is_file():
-        successes = json.loads(stats.read_text()).get("successes")
+        successes = read_json(stats).get("successes")
         if isinstance(successes, int):
             return successes
     return count_tar_samples(path)
@@ -160,13 +161,13 @@ def _metadata_lengths(directory: str) -> dict[str, int]:
     for name in INFO_FILES:
         info_path = folder / name
         if info_path.is_file():
-            splits = json.loads(info_path.read_text()).get("splits", {})
+            splits = read_json(info_path).get("splits", {})
             for split in splits.values() if isinstance(splits, dict) else splits:
                 names = [Path(f).name for f in split.get("filenames", [])]
                 lengths.update(zip(names, split.get("shard_lengths", []), strict=False))
     sizes = folder / "sizes.json"
     if sizes.is_file():
-        lengths.update({Path(k).name: int(v) for k, v in json.loads(sizes.read_text()).items()})
+        lengths.update({Path(k).name: int(v) for k, v in read_json(sizes).items()})
     return lengths
 
 
@@ -189,5 +190,16 @@ def read_info(urls: Sequence[str]) -> dict:
     folder = local_path(local[0]).parent
     for name in INFO_FILES:
         if (folder / name).is_file():
-            return json.loads((folder / name).read_text())
+            return read_json(folder / name)
     return {}
+
+
+def read_json(path: Path) -> dict:
+    """A metadata file beside the shards; a broken one names itself instead of a traceback."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ShardSpecError(f"{path} cannot be read as JSON ({err}); fix or delete it") from None
+    if not isinstance(data, dict):
+        raise ShardSpecError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
