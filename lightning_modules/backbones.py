@@ -6,7 +6,9 @@ whenever the weights do). Build one with a constructor that reads like the confi
 
     timm_backbone("resnet50", pretrained=True)                       # timm hub weights
     timm_backbone("resnet50", pretrained="runs/x/export/model.safetensors")
+    timm_backbone("local-dir:runs/x/export", pretrained=True)        # an export (or hf-hub:)
     open_clip_backbone("ViT-B-16", pretrained="openai")              # a tag or a weights file
+    open_clip_backbone("local-dir:runs/y/export")                    # an export (or hf-hub:)
     from_card("runs/x/export/card.json")                             # what this suite exported
 
 In a YAML config the same choices are a :class:`BackboneConfig` (``card: ...``, or ``timm: NAME``
@@ -28,13 +30,19 @@ import open_clip
 import timm
 import torch
 from safetensors import safe_open
+from timm.models import get_model_args
 from torch import nn
 
+from callbacks.export import card_path, read_card
 from datamodules.errors import ConfigError
 from datamodules.transforms import NORMALIZATIONS
 from lightning_modules.pretrain_clip import require_open_clip_model
 
 log = logging.getLogger(__name__)
+
+# Names that timm and open_clip resolve to a hub-style folder (config + weights) themselves.
+HUB_STYLE = ("local-dir:", "hf-hub:")
+HUB_CONFIGS = {"timm": "config.json", "open_clip": "open_clip_config.json"}
 
 __all__ = ["Backbone", "BackboneConfig", "from_card", "open_clip_backbone", "timm_backbone"]
 
@@ -116,14 +124,16 @@ def timm_backbone(
     """A timm model without its classifier.
 
     Args:
-        model_name: timm architecture (``resnet50``, ``vit_base_patch16_224.augreg_in21k``...).
-        pretrained: ``False`` random init, ``True`` timm's hub weights, or a weights file (the
-            ``model.safetensors`` an FS export wrote, or any timm state dict).
+        model_name: timm architecture (``resnet50``, ``vit_base_patch16_224.augreg_in21k``...),
+            or ``local-dir:FOLDER`` / ``hf-hub:REPO`` of a timm hub folder (an FS export).
+        pretrained: ``False`` random init, ``True`` timm's hub weights (or the folder's), or a
+            weights file (the ``model.safetensors`` an FS export wrote, or any timm state dict).
         model_kwargs: Extra ``timm.create_model`` arguments (``img_size``, ...), as trained.
         frozen: Freeze the weights (False to fine-tune).
     """
     kwargs = dict(model_kwargs or {})
-    if not timm.is_model(model_name):
+    hub_style = model_name.startswith(HUB_STYLE)
+    if not hub_style and not timm.is_model(model_name):
         close = timm.list_models(f"*{model_name.split('_')[0].split('.')[0]}*")[:8]
         raise ConfigError(
             f"model_name {model_name!r} is not a timm model (timm.list_models() lists them); "
@@ -144,6 +154,11 @@ def timm_backbone(
             raise
         if weights is not None:
             raise _misfit(weights, f"timm model {model_name!r}", kwargs, err) from err
+        if model_name.startswith("local-dir:"):
+            raise ConfigError(
+                f"timm cannot load {model_name!r} ({_brief(err)}): it needs a folder with "
+                "config.json and model.safetensors, as an FS export"
+            ) from err
         raise ConfigError(
             f"pretrained=True could not load timm's hub weights for {model_name!r} "
             f"({_brief(err)}); the hub is unreachable offline: download the weights "
@@ -151,7 +166,8 @@ def timm_backbone(
         ) from err
     if weights is not None:
         _check_all_loaded(model, weights, model_name)
-    # hub weights say how they were trained; files and random weights get the suite's default
+    # hub weights and exports say how they were trained; files and random weights get the
+    # suite's default
     normalization = "imagenet"
     if pretrained is True:
         normalization = _normalization_named(model.pretrained_cfg["mean"], model_name)
@@ -162,8 +178,10 @@ def timm_backbone(
         normalization=normalization,
         image_size=image_size if isinstance(image_size, int) else image_size[-1],
         library="timm",
-        model_name=model_name,
-        options={"model_kwargs": kwargs},
+        model_name=model.pretrained_cfg["architecture"] if hub_style else model_name,
+        # what built it, however given (kwargs, or an export's model_args): a file and the
+        # export folder it sits in share one identity
+        options={"model_args": get_model_args(model)},
         frozen=frozen,
     )
 
@@ -177,8 +195,9 @@ def open_clip_backbone(
     """The image tower of an open_clip model.
 
     Args:
-        model_name: open_clip architecture (``ViT-B-16``, ``RN50``...), or the name to register
-            ``model_config`` under.
+        model_name: open_clip architecture (``ViT-B-16``, ``RN50``...), the name to register
+            ``model_config`` under, or ``local-dir:FOLDER`` / ``hf-hub:REPO`` of an open_clip
+            hub folder (a CLIP export: config and weights together).
         pretrained: A pretrained tag (``openai``, ``laion2b_s34b_b88k``...: needs the hub) or a
             weights file (the ``open_clip_model.safetensors`` a CLIP export wrote); None leaves
             the weights random.
@@ -186,6 +205,13 @@ def open_clip_backbone(
             as ``ContrastivePretraining`` takes it.
         frozen: Freeze the weights (False to fine-tune).
     """
+    if model_name.startswith(HUB_STYLE):
+        if pretrained is not None or model_config is not None:
+            raise ConfigError(
+                f"{model_name!r} brings its own config and weights: drop pretrained and "
+                "model_config"
+            )
+        return _open_clip_backbone(_hub_style_open_clip(model_name), model_name, None, frozen)
     require_open_clip_model(model_name, model_config, option="backbone.open_clip")
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     source = None if pretrained is None else str(pretrained)
@@ -211,6 +237,33 @@ def open_clip_backbone(
                 f"open_clip cannot build {model_name!r} ({_brief(err)}); fix model_config"
             ) from err
         raise _misfit(source, f"open_clip model {model_name!r}", model_config, err) from err
+    return _open_clip_backbone(model, model_name, model_config, frozen)
+
+
+def _hub_style_open_clip(model_name: str) -> nn.Module:
+    """open_clip's own ``local-dir:``/``hf-hub:`` loading; a local folder without weights
+    would give random ones with only a log line, so it stops the run here."""
+    folder = Path(model_name.removeprefix("local-dir:"))
+    if model_name.startswith("local-dir:") and not any(
+        folder.glob(f"*.{suffix}") for suffix in ("safetensors", "bin", "pth")
+    ):
+        raise ConfigError(
+            f"{model_name!r} holds no weights: it needs open_clip_config.json and "
+            "open_clip_model.safetensors, as a CLIP export"
+        )
+    try:
+        return open_clip.create_model(model_name, pretrained_text=False)
+    except Exception as err:  # missing folder or config, download and shape errors alike
+        raise ConfigError(
+            f"open_clip cannot load {model_name!r} ({_brief(err)}): it needs "
+            "open_clip_config.json and open_clip_model.safetensors, as a CLIP export"
+        ) from err
+
+
+def _open_clip_backbone(
+    model: nn.Module, model_name: str, model_config: dict[str, Any] | None, frozen: bool
+) -> Backbone:
+    """Feed the image tower as its preprocessing config says (an export's: as trained)."""
     preprocess = model.visual.preprocess_cfg
     size = preprocess["size"]
     return OpenClipBackbone(
@@ -225,31 +278,32 @@ def open_clip_backbone(
     )
 
 
-def from_card(card_path: str | Path, frozen: bool = True) -> Backbone:
-    """The backbone a training run exported: ``card.json`` (or its folder) and the weights beside
-    it, as ``callbacks.export.write_card`` writes them."""
-    path = Path(card_path).expanduser()
-    if path.is_dir():
-        path = path / "card.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"card {str(path)!r} not found: pass the card.json a training run exported "
-            "(<log_dir>/export/card.json)"
-        )
+def from_card(card: str | Path, frozen: bool = True) -> Backbone:
+    """The backbone a training run exported: ``card.json`` (or its folder), loaded from the
+    hub-style folder around it as ``local-dir:`` (exports older than those folders: from the
+    weights file the card names)."""
+    entry = read_card(card).get("backbone")
+    folder = card_path(card).parent
     try:
-        entry = json.loads(path.read_text())["backbone"]
         library, model_name = entry["library"], entry["model_name"]
-        weights = path.parent / entry["weights"]
-    except (ValueError, KeyError, TypeError) as err:
+        weights = folder / entry["weights"]
+    except (KeyError, TypeError) as err:
         raise ConfigError(
-            f"{path} is not a backbone card of this suite (needs backbone.library, "
+            f"{card_path(card)} is not a backbone card of this suite (needs backbone.library, "
             f"backbone.model_name and backbone.weights): {type(err).__name__}: {err}"
         ) from err
+    hub_style = weights.is_file() and (folder / HUB_CONFIGS.get(library, "")).is_file()
     if library == "timm":
+        if hub_style:
+            return timm_backbone(f"local-dir:{folder}", True, frozen=frozen)
         return timm_backbone(model_name, weights, entry.get("model_kwargs"), frozen)
     if library == "open_clip":
+        if hub_style:
+            return open_clip_backbone(f"local-dir:{folder}", frozen=frozen)
         return open_clip_backbone(model_name, weights, entry.get("model_config"), frozen)
-    raise ConfigError(f"{path}: backbone.library {library!r} is neither 'timm' nor 'open_clip'")
+    raise ConfigError(
+        f"{card_path(card)}: backbone.library {library!r} is neither 'timm' nor 'open_clip'"
+    )
 
 
 @dataclass(frozen=True)

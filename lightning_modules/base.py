@@ -1,19 +1,28 @@
-"""What every training module shares: optimiser and schedule, throughput, export hook."""
+"""What every training module shares: optimiser and schedule, hyperparameters, throughput,
+export hook."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import AttributeDict
 from timm.optim import create_optimizer_v2, list_optimizers, param_groups_weight_decay
 
+from callbacks.export import card_pretraining
 from datamodules.errors import ConfigError
+from datamodules.transforms import NORMALIZATIONS, TransformConfig
+
+# What LightningCLI records with the hyperparameters it passes: ``load_from_checkpoint`` then
+# builds the module through jsonargparse, which turns the plain dicts back into dataclasses.
+CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
 @dataclass(frozen=True)
@@ -80,9 +89,36 @@ class NoisyTrainingModule(L.LightningModule):
 
     def __init__(self, optimizer: OptimizerConfig = OptimizerConfig()) -> None:
         super().__init__()
+        self.save_hyperparameters()  # the init arguments of the subclass too
+        if "_instantiator" not in self.hparams:  # built in Python, not by LightningCLI
+            plain = json.loads(json.dumps(dict(self.hparams), default=_plain))
+            self.save_hyperparameters({**plain, "_instantiator": CLI_INSTANTIATOR})
         self.optimizer_config = optimizer
+        self.input_config: dict[str, Any] | None = None
         self._epoch_samples = 0
         self._epoch_start = 0.0
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """What the logger records: the init arguments and, for a backbone exported by this
+        suite, its own pre-training noise and seed from its card. Checkpoints keep ``hparams``
+        alone, so they still build the module."""
+        initial = super().hparams_initial
+        card = (initial.get("backbone") or {}).get("card")
+        if card and (pretraining := card_pretraining(card)):
+            initial["backbone_pretraining"] = pretraining
+        return initial
+
+    def record_input(self, transform: TransformConfig) -> None:
+        """Keep how the data fed the model (size, crop, mean, std): the export repeats it."""
+        mean, std = NORMALIZATIONS[transform.normalization]
+        self.input_config = {
+            "input_size": (3, transform.image_size, transform.image_size),
+            "crop_pct": transform.crop_pct,
+            "interpolation": transform.interpolation,
+            "mean": tuple(mean),
+            "std": tuple(std),
+        }
 
     # --- interface ----------------------------------------------------------------------------
     def trainable_model(self) -> torch.nn.Module:
@@ -175,3 +211,12 @@ class NoisyTrainingModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
         self.log("train/samples_per_s", self._epoch_samples / elapsed * self.trainer.world_size)
+
+
+def _plain(value: Any) -> Any:
+    """JSON form of the config objects a module takes (dataclasses, paths)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a plain hyperparameter")

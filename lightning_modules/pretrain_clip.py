@@ -23,6 +23,7 @@ DEFAULT_TEMPLATES = tuple(template("{}") for template in open_clip.SIMPLE_IMAGEN
 RECALL_AT = (1, 5)
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp: temperature never below 0.01
 WEIGHTS_FILE = "open_clip_model.safetensors"
+CONFIG_FILE = "open_clip_config.json"
 
 
 def register_model_config(model_name: str, config: dict[str, Any]) -> None:
@@ -154,6 +155,7 @@ class ContrastivePretraining(NoisyTrainingModule):
                 "datamodules.image_text.ImageTextDataModule"
             )
         self._check_data(datamodule)
+        self.record_input(datamodule.transform)
         self.loss_fn = make_clip_loss(self.trainer.global_rank, self.trainer.world_size)
         for name in datamodule.zeroshot_names:
             classes = len(datamodule.zeroshot_classes[name])
@@ -282,24 +284,30 @@ class ContrastivePretraining(NoisyTrainingModule):
         return torch.cat([part[:n] for part, n in zip(gathered, counts.tolist(), strict=True)])
 
     def export(self, directory: Path) -> dict[str, Any]:
-        """``open_clip_model.safetensors`` for ``open_clip.create_model_and_transforms(name,
-        pretrained=path)``, and for an inline config ``<model_name>.json`` to register first."""
-        weights = (directory / WEIGHTS_FILE).resolve()
+        """open_clip's hub layout: ``open_clip_config.json`` (``model_cfg``, and as
+        ``preprocess_cfg`` the training input size, mean, std and interpolation) and
+        ``open_clip_model.safetensors``, loaded by ``open_clip.create_model_and_transforms(
+        "local-dir:<directory>")``. open_clip's ``save_for_hf`` would also save the tokenizer,
+        which its default ``SimpleTokenizer`` cannot, so the config is written here."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(weights))
-        card: dict[str, Any] = {
+        save_file(state, str(directory / WEIGHTS_FILE))
+        preprocess = dict(self.model.visual.preprocess_cfg)
+        if self.input_config is not None:
+            preprocess.update(
+                size=self.input_config["input_size"][-1],
+                mean=self.input_config["mean"],
+                std=self.input_config["std"],
+                interpolation=self.input_config["interpolation"],
+                resize_mode="shortest",  # resize, then centre crop: timm's eval at crop_pct 1
+            )
+        config = {"model_cfg": self.open_clip_config, "preprocess_cfg": preprocess}
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        folder = str(directory.resolve())
+        return {
             "library": "open_clip",
             "model_name": self.model_name,
             "model_config": self.model_config,
-            "weights": weights.name,
+            "weights": WEIGHTS_FILE,
+            "config": CONFIG_FILE,
+            "load": f"open_clip.create_model_and_transforms({'local-dir:' + folder!r})",
         }
-        load = (
-            f"open_clip.create_model_and_transforms({self.model_name!r}, "
-            f"pretrained={str(weights)!r})"
-        )
-        if self.model_config is not None:
-            config = (directory / f"{self.model_name}.json").resolve()
-            config.write_text(json.dumps(self.model_config, indent=2))
-            card["config"] = config.name
-            load = f"open_clip.add_model_config({str(config)!r}); {load}"
-        return {**card, "load": load}

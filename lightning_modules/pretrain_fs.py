@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
+from timm.models import get_model_input_config, save_for_hf
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import ConfigError
 from lightning_modules.base import NoisyTrainingModule, OptimizerConfig
+
+# The architecture's default pretrained config names weights (tag, paper, licence) that an
+# export is not: its config says only how to build and feed the model.
+NOT_THESE_WEIGHTS = {"tag": None, "license": None, "origin_url": None, "paper_ids": None}
 
 
 def create_timm_model(model_name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -109,6 +114,7 @@ class SupervisedPretraining(NoisyTrainingModule):
                 f"model.num_classes is {self.num_classes} but data.num_classes is {declared}; "
                 "set both to the number of classes in the shards"
             )
+        self.record_input(datamodule.transform)
         top5 = min(5, self.num_classes)
         for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
             self.val_metrics[name] = nn.ModuleDict(
@@ -163,21 +169,29 @@ class SupervisedPretraining(NoisyTrainingModule):
         return {"features": features}
 
     def export(self, directory: Path) -> dict[str, Any]:
-        """``model.safetensors`` loadable by ``timm.create_model(..., pretrained_cfg_overlay=
-        dict(file=path, num_classes=K))`` (or ``num_classes=0`` for the bare backbone)."""
-        path = (directory / "model.safetensors").resolve()
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(path))
+        """timm's hub layout, written by ``timm.models.save_for_hf``: ``config.json``
+        (architecture, model_args, and the training input size, crop, mean and std) and
+        ``model.safetensors``, loaded by ``timm.create_model("local-dir:<directory>",
+        pretrained=True)`` (``num_classes=0``: the backbone alone)."""
+        # a CPU copy in the default memory format: safetensors stores contiguous tensors only
+        model = copy.deepcopy(self.model).to("cpu", memory_format=torch.contiguous_format)
+        data_config = self.input_config or {
+            "input_size": get_model_input_config(model)["input_size"]
+        }
+        save_for_hf(
+            model,
+            str(directory),
+            model_config={"pretrained_cfg": NOT_THESE_WEIGHTS},
+            safe_serialization=True,
+            data_config=data_config,
+        )
+        folder = str(directory.resolve())
         return {
             "library": "timm",
             "model_name": self.model_name,
             "model_kwargs": self.model_kwargs,
             "num_classes": self.num_classes,
-            "weights": path.name,
-            "load": (
-                f"timm.create_model({self.model_name!r}, pretrained=True, num_classes=0, "
-                f"pretrained_cfg_overlay=dict(file={str(path)!r}, num_classes={self.num_classes})"
-                + "".join(f", {k}={v!r}" for k, v in self.model_kwargs.items())
-                + ")"
-            ),
+            "weights": "model.safetensors",
+            "config": "config.json",
+            "load": f"timm.create_model({'local-dir:' + folder!r}, pretrained=True)",
         }

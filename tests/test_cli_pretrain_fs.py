@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import yaml
 
 import train
+from callbacks.spectrum_monitor import SpectrumMonitor
 from lightning_modules.pretrain_fs import SupervisedPretraining
 from tests.conftest import REPO, run_train, scalars
 
@@ -48,7 +50,7 @@ def test_config_names_resolve_under_configs(tmp_path):
     assert train.resolve_config_paths(["-c", str(local)]) == ["-c", str(local)]
 
 
-def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_path):
+def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_path, capsys):
     result = run_train(*quick_args(builtin_root, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "quickstart_pretrain_fs" / "version_0"
@@ -70,25 +72,38 @@ def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_pat
     assert 0.1 < logged["noise/realised_rate"][-1] < 0.3  # nominal 0.2 on 256 samples
     assert (run_dir / "config.yaml").is_file()
 
+    hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())  # TensorBoard's hparams
+    assert hparams["model_kwargs"] == {"layers": [1, 1, 1, 1]} and hparams["optimizer"]["lr"]
+
     card = json.loads((tmp_path / "export" / "card.json").read_text())
     assert card["data"]["noise"] == {"type": "symmetric", "ratio": 0.2, "expected_rate": 0.2}
     assert card["backbone"]["library"] == "timm" and "val/val/top1" in card["metrics"]
-    weights = tmp_path / "export" / card["backbone"]["weights"]
-    exported = timm.create_model(
-        "resnet18",
-        pretrained=True,
-        num_classes=0,
-        pretrained_cfg_overlay={"file": str(weights), "num_classes": 10},
-        layers=[1, 1, 1, 1],
+    monitor = SpectrumMonitor()
+    assert card.get("spectrum") == getattr(monitor, "protocol_info", None)
+    export = f"local-dir:{tmp_path / 'export'}"
+    exported = timm.create_model(export, pretrained=True, num_classes=0).eval()
+    assert timm.data.resolve_model_data_config(exported)["input_size"] == (3, 32, 32)
+    # the checkpoint describes the module: no architecture to repeat
+    module = SupervisedPretraining.load_from_checkpoint(
+        run_dir / "checkpoints" / "last.ckpt", weights_only=True
     ).eval()
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    module = SupervisedPretraining("resnet18", 10, model_kwargs={"layers": [1, 1, 1, 1]})
-    module.load_state_dict(checkpoint["state_dict"])
-    module.eval()
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         expected = module.features({"image": images})
         assert torch.allclose(exported(images), expected, atol=1e-5)
+
+    # a second run into the same export folder stops before training, in one line
+    again = [
+        *quick_args(builtin_root, tmp_path / "second"),
+        f"--export.dirpath={tmp_path / 'export'}",
+    ]
+    with pytest.raises(SystemExit) as stop:
+        train.main(again)
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: export.dirpath '{tmp_path / 'export'}' holds the export"), last
+    assert "--export.overwrite=true" in last
+    assert not list((tmp_path / "second").rglob("*.ckpt"))
 
 
 @pytest.mark.parametrize(
