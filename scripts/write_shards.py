@@ -10,8 +10,9 @@ Two inputs, two layouts:
 
 Every image is decoded once with PIL; unreadable or missing files, non-image files and empty
 captions are skipped and counted. JPEG, PNG and WebP bytes are stored as they are; other formats
-PIL reads (BMP, GIF, TIFF...) are re-encoded to PNG. The last lines printed give the shard spec
-to put in the data config.
+PIL reads (BMP, GIF, TIFF...) are re-encoded to PNG. Beside the shards, timm's ``_info.json``
+and webdataset's ``sizes.json`` count the samples of every shard (open_clip's trainer reads the
+latter). The last lines printed give the shard spec to put in the data config.
 
 Usage::
 
