@@ -1,34 +1,38 @@
 """The report of a noise sweep: tables with confidence intervals, paired effects, the paper's
-claims with a verdict each, label-free metrics against accuracy, and two figures.
+claims with a verdict each, label-free metrics against accuracy, two figures and a web page.
 
-Input: the status records that ``scripts/sweep.py`` writes into each run folder (``result.json``
-when a run succeeded, ``failed.json`` when it failed or was skipped; a run that never ran is
-``missing``). An adaptation's final metrics are read per evaluation set ``<set>`` from the keys
-``val/<set>/acc``, ``val/<set>/f1`` and ``spectrum/<set>/<metric>`` (the adaptation configs set
-``data.test_in_validation: true``, so every test set is among them).
+Usage (``scripts/sweep.py`` writes the report after every sweep; this rebuilds it from the run
+folders alone, e.g. after copying them from a cluster)::
 
-Averaging rule (the paper's tables): a set counts in the averages unless its run lists it in
-``exclude_sets`` (default ``val`` and ``clean``: the validation set, and the OOD task's
-in-distribution copy of its test images). For each kind (``id`` / ``ood``), method, noise ratio
-and seed, the value is the mean over that kind's tasks of the mean over each task's counted
-sets. A table cell is the mean of those values over the seeds, ``± `` the half-width of its 95 %
-Student-t confidence interval (``scripts/evidence.py``); it stays empty when any run it needs
-did not succeed, so an average never silently covers fewer tasks or seeds. ``summary.csv``
-keeps every run, seed and set, with ``in_average`` saying which ones counted; ``acc`` and ``f1``
-are fractions there and percentages in the tables and plots.
+    python scripts/report.py runs/sweep_medium                  # report into that folder
+    python scripts/report.py runs/sweep_medium --out reports/m  # elsewhere
 
-Files: ``summary.md`` / ``summary.csv`` (tables, every row), ``effects.csv`` (NMTune minus LP
-and MLP, paired by seed and ratio), ``claims.md`` / ``claims.csv`` (``scripts/claims.py``),
+Input: the status records ``scripts/sweep.py`` writes into each run folder (``result.json``
+when a run succeeded, ``failed.json`` when it failed or was skipped). Rows and the averaging
+rule: ``scripts/results.py``; statistics: ``scripts/evidence.py``; claims: ``scripts/claims.py``.
+A table cell is the mean over seeds of the per-seed ID or OOD average, ``±`` the half-width of
+its 95 % Student-t confidence interval; it stays empty when any run it needs did not succeed.
+
+Files: ``summary.md`` / ``summary.csv`` (tables; every run, seed and set), ``effects.csv``
+(NMTune minus LP and MLP, paired by seed and ratio), ``claims.md`` / ``claims.csv``,
 ``correlations.csv`` (which label-free metric of a backbone predicts its transfer),
-``accuracy.png`` and ``spectrum.png`` (means with 95 % confidence intervals).
+``accuracy.png`` and ``spectrum.png`` (means with 95 % confidence intervals) and
+``index.html`` (all of it in one page).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+
+# Run as `python scripts/report.py` from a checkout, without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 from scripts.claims import (
     CORRELATION_COLUMNS,
@@ -39,6 +43,7 @@ from scripts.claims import (
     write_claims,
 )
 from scripts.evidence import Estimate
+from scripts.html_report import write_index
 from scripts.results import COLUMNS, PERCENT, PerSeed, averages, build_rows, cell, write_csv
 
 __all__ = ["COLUMNS", "averages", "build_rows", "noise_kind", "write_report"]
@@ -312,12 +317,7 @@ def write_report(
         ("id", "sve", "SVE", "In-domain (ID): singular value entropy"),
         ("ood", "lsvr", "LSVR", "Out-of-domain (OOD): largest singular value ratio"),
     ]
-    return [
-        write_csv(rows, out / "summary.csv"),
-        out / "summary.md",
-        write_csv(effects, out / "effects.csv", EFFECT_COLUMNS),
-        *write_claims(rows, out, len(seeds)),
-        write_csv(found, out / "correlations.csv", CORRELATION_COLUMNS),
+    figures = [
         plot_panels(
             out / "accuracy.png",
             accuracy,
@@ -335,3 +335,50 @@ def write_report(
             noise,
         ),
     ]
+    claims = write_claims(rows, out, len(seeds))
+    return [
+        write_csv(rows, out / "summary.csv"),
+        out / "summary.md",
+        write_csv(effects, out / "effects.csv", EFFECT_COLUMNS),
+        *claims,
+        write_csv(found, out / "correlations.csv", CORRELATION_COLUMNS),
+        *figures,
+        write_index(out, f"Noise sweep: {title}", figures, [claims[1], out / "summary.md"]),
+    ]
+
+
+def read_records(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pre-training and adaptation records of every run folder under ``folder``."""
+    records = [
+        json.loads(path.read_text())
+        for name in ("result.json", "failed.json")
+        for path in sorted(folder.rglob(name))
+    ]
+    records.sort(key=lambda r: (r.get("seed", 0), r["noise_ratio"], r.get("name", "")))
+    return (
+        [r for r in records if r["stage"] == "pretrain"],
+        [r for r in records if r["stage"] == "adapt"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("folder", type=Path, help="a sweep's output folder (its run folders)")
+    parser.add_argument("--out", type=Path, help="where to write the report (default: folder)")
+    parser.add_argument("--title", help="the report's title (default: the folder's name)")
+    args = parser.parse_args(argv)
+    pretrain, adapt = read_records(args.folder)
+    if not pretrain and not adapt:
+        print(f"error: no result.json or failed.json under {args.folder}", file=sys.stderr)
+        return 2
+    out = args.out or args.folder
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write_report(out, args.title or args.folder.resolve().name, pretrain, adapt)
+    print("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

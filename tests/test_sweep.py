@@ -155,6 +155,30 @@ def test_micro_sweep_runs_everything_and_writes_the_report(micro):
     assert all(c["n"] == "2" for c in claims)
     # two ratios: no slope, no heavy ratio, no NMTune: listed as not testable
     assert "Not testable by this sweep" in (out / "claims.md").read_text()
+    page = (out / "index.html").read_text()
+    assert '<img src="accuracy.png"' in page and "<h2>The paper&#x27;s claims" in page
+    assert "<table>" in page and "id_slight_noise_helps" in page
+
+
+def test_the_report_command_rebuilds_the_report_from_the_run_folders(micro, tmp_path):
+    _, out, _ = micro
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "report.py"), str(out), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("summary.csv", "claims.csv", "effects.csv", "correlations.csv"):
+        assert (tmp_path / name).read_text() == (out / name).read_text(), name
+    empty = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert empty.returncode == 2
+    assert empty.stderr.startswith("error: no result.json or failed.json under")
 
 
 def test_a_second_invocation_runs_nothing(micro):
