@@ -361,6 +361,7 @@ def failure_reason(log: Path) -> str:
 
 def execute(run: Run, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run train.py, its output into log.txt; write result.json or failed.json."""
+    print(f"  running: {run.label}  (log: {run.directory / LOG})", flush=True)
     run.directory.mkdir(parents=True, exist_ok=True)
     (run.directory / FAILED).unlink(missing_ok=True)
     command = [sys.executable, str(REPO / "train.py"), *run.args]
