@@ -43,13 +43,15 @@ Measured side by side in one run:
    minus each row's mean), then scikit-learn's randomized ``TruncatedSVD(n_components=D)`` (all D
    components; the default randomized solver) on the float32 array. The official code leaves
    ``random_state`` unset, so the solver runs once per ``--official-seeds`` seed (default 3:
-   0, 1, 2) and the median error is reported with the maximum. Each solver run takes about 1-1.5
-   minutes at this size on 2 busy CPUs.
+   0, 1, 2) and the median error is reported with the maximum. This part took 17 minutes on 2
+   CPUs under a load of 6-10 from other jobs (each solver run 1-3.5 minutes, each exact
+   ``svdvals`` 0.5-1.5 minutes); ``--error-rows``/``--error-dim``/``--official-seeds`` shrink it.
 
 Run from the repository root::
 
     python -m benchmarks.spectrum_cost                      # all 10,000 val images, 3 repeats
-    python -m benchmarks.spectrum_cost --val-samples 5120   # 20 batches: ~3-5 min on 2 busy CPUs
+    python -m benchmarks.spectrum_cost --val-samples 5120   # 20 batches: time and memory parts
+                                                            # ~3-5 min on 2 busy CPUs
 
 Results are printed and written to ``benchmarks/results/spectrum_cost.json``. Timings depend on
 the machine and its load: tests never assert them.
