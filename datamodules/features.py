@@ -107,7 +107,8 @@ class TrainingFeatures(Dataset):
     """Map-style training rows: one of ``K`` cached augmented views per read, noisy labels.
 
     With ``two_views`` a row also carries ``features_strong`` from another view, for the
-    official NMTune two-view variant.
+    official NMTune two-view step. It approximates that step's fresh views: each image has K
+    augmentations for the whole run, and the two of a step always differ.
     """
 
     def __init__(self, views: list[FeatureRows], noise: LabelNoise | None, two_views: bool) -> None:

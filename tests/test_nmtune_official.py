@@ -18,6 +18,8 @@ BatchNorm after it, has a gradient that is roundoff only); in float64 that round
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -33,7 +35,8 @@ from datamodules.transforms import TransformConfig, TwoViewTransformConfig
 from lightning_modules.adapt import Adaptation, NMTuneConfig, official_classifier
 from lightning_modules.backbones import BackboneConfig
 from lightning_modules.base import OptimizerConfig
-from tests.test_adapt import data_module
+from tests.conftest import run_train
+from tests.test_adapt import data_module, export_card
 
 TOL = {"rtol": 1e-6, "atol": 1e-6}
 # Large enough that a parameter left out of the weight decay moves by more than the tolerance.
@@ -250,3 +253,35 @@ def test_cached_official_step_needs_cached_views(options, message, make_shards, 
     with pytest.raises(ConfigError, match=message):
         one_step(module, data(make_shards([16]), **options), Recorder())
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_card(tmp_path_factory.mktemp("rn"), "resnet18", {"layers": [1, 1, 1, 1]})
+
+
+def test_official_overlay_runs_through_train_py(
+    card, builtin_root, tiny_fashion_mnist, tmp_path
+) -> None:
+    """``--config nmtune_official.yaml`` over the quickstart: fresh views, every metric."""
+    short_run = {
+        "trainer.max_epochs": 1,
+        "trainer.limit_train_batches": 2,
+        "trainer.limit_val_batches": 1,
+        "trainer.num_sanity_val_steps": 0,
+        "trainer.enable_checkpointing": "false",
+        "trainer.logger.init_args.save_dir": tmp_path,
+        "model.init_args.backbone.card": card,
+        "model.init_args.cache_dir": tmp_path / "cache",
+        "data.init_args.builtin_root": builtin_root,
+        "data.init_args.builtin_source": tiny_fashion_mnist,
+        "data.init_args.num_workers": 0,
+        "data.init_args.batch_size": 16,
+    }
+    configs = ("--config=quickstart/nmtune_id.yaml", "--config=nmtune_official.yaml")
+    result = run_train("fit", *configs, *(f"--{key}={value}" for key, value in short_run.items()))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (card_path,) = tmp_path.glob("*/version_0/export/card.json")
+    metrics = json.loads(card_path.read_text())["metrics"]
+    assert 0 <= metrics["val/test/acc"] <= 1 and metrics["train/reg_covariance"] >= 0
+    assert not (tmp_path / "cache").exists()  # the backbone ran on fresh views, nothing cached
