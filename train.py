@@ -298,6 +298,21 @@ def check_backbone_card(config: Namespace) -> None:
         )
 
 
+def checkpoint_misfit(err: BaseException, ckpt_path: str | None) -> ConfigError | None:
+    """Lightning's strict load of a checkpoint written for another model, as one line (it can
+    only be known once the model is set up, inside fit)."""
+    text = str(err)
+    if not ckpt_path or not isinstance(err, RuntimeError) or "in loading state_dict" not in text:
+        return None
+    reasons = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+    first = reasons[0] if reasons else first_line(err)
+    shown = first if len(first) <= 160 else first[:160] + "..."
+    return ConfigError(
+        f"--ckpt_path {ckpt_path} was written for another model ({len(reasons)} kinds of "
+        f"mismatch; {shown}); give a checkpoint of this config's model"
+    )
+
+
 def unwritable(folder: Path) -> str | None:
     """Why ``folder`` cannot be created and written (None when it can), probed with a nameless
     temporary file in its nearest existing ancestor: nothing is left behind."""
@@ -484,8 +499,8 @@ class SuiteCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         try:
             return super().instantiate_trainer(**kwargs)
-        except MisconfigurationException as err:  # e.g. accelerator gpu on a machine without
-            raise ConfigError(f"trainer: {err}") from None
+        except (MisconfigurationException, ValueError) as err:  # e.g. a GPU asked for on a
+            raise ConfigError(f"trainer: {first_line(err)}") from None  # machine without one
 
     def before_fit(self) -> None:
         """``--ckpt_path last`` finds the newest ``last.ckpt`` of this run's earlier versions
@@ -563,7 +578,8 @@ class SuiteCLI(LightningCLI):
         new_folders = [] if self.rank_errors.rank_process else unborn_folders(trainer)
         try:
             getattr(trainer, stage)(**kwargs)
-        except BaseException as err:
+        except BaseException as raised:
+            err = checkpoint_misfit(raised, kwargs.get("ckpt_path")) or raised
             if self.rank_errors.rank_process:
                 self.rank_errors.exit_quietly_if_explained(err, trainer.global_rank)
                 raise
@@ -574,6 +590,8 @@ class SuiteCLI(LightningCLI):
             other_rank = None if own_mistake else self.rank_errors.first()
             if other_rank is not None:
                 raise ConfigError(other_rank) from None
+            if err is not raised:
+                raise err from None
             raise
 
 

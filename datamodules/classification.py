@@ -213,5 +213,8 @@ def make_label_noise(
             )
         if transitions == "cifar10":
             return AsymmetricLabelNoise.cifar10(ratio, seed)
-        return AsymmetricLabelNoise.from_json(transitions, ratio, seed)
+        try:
+            return AsymmetricLabelNoise.from_json(transitions, ratio, seed)
+        except (OSError, ValueError) as err:  # missing, unreadable or malformed file
+            raise ConfigError(f"data.noise_transitions: {err}") from None
     raise ConfigError(f"data.label_noise must be none, symmetric or asymmetric, got {kind!r}")
