@@ -239,7 +239,9 @@ def check_checkpoint(path: str) -> None:
             "newest last.ckpt of this run"
         )
     try:
-        torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+        checkpoint = torch.load(
+            file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file)
+        )
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):  # not a pickle of known objects at all
             detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
@@ -257,6 +259,12 @@ def check_checkpoint(path: str) -> None:
         raise ConfigError(
             f"--ckpt_path {path}: not a readable PyTorch checkpoint ({first_line(err)})"
         ) from None
+    keys = ("state_dict", "pytorch-lightning_version")
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in keys):
+        raise ConfigError(
+            f"--ckpt_path {path}: not a Lightning checkpoint (it lacks {' or '.join(keys)}); "
+            "--ckpt_path resumes or evaluates a run of this suite, weights alone cannot"
+        )
 
 
 def unsafe_globals(file: Path) -> str:
