@@ -291,19 +291,21 @@ def choose_precision(trainer: Namespace) -> None:
     trainer.precision = "bf16-mixed" if bf16 else "32-true"
 
 
-def check_backbone_card(config: Namespace) -> None:
-    """A missing card named with its option (the card is loaded while the model is built, where
-    the option is not known)."""
+def missing_card(config: Namespace, mistake: str) -> ConfigError | None:
+    """The model's failure to find its backbone card, named with the option that sets it (the
+    model loads the card while it is built, where the option is not known); its other mistakes
+    keep their own message."""
     card = config.get("model.init_args.backbone.card")
     if card is None:
-        return
+        return None
     path = Path(card).expanduser()
-    if not (path.is_file() or (path / "card.json").is_file()):
-        raise ConfigError(
-            f"--model.init_args.backbone.card: no backbone card at {card}; pre-train first "
-            "(`python train.py fit --config pretrain_fs.yaml` exports "
-            "runs/pretrain_fs/export/card.json) or give the card.json of an exported run"
-        )
+    if path.is_file() or (path / "card.json").is_file() or str(path) not in mistake:
+        return None
+    return ConfigError(
+        f"--model.init_args.backbone.card: no backbone card at {card}; pre-train first "
+        "(`python train.py fit --config pretrain_fs.yaml` exports "
+        "runs/pretrain_fs/export/card.json) or give the card.json of an exported run"
+    )
 
 
 def checkpoint_misfit(err: BaseException, ckpt_path: str | None) -> ConfigError | None:
@@ -500,9 +502,19 @@ class SuiteCLI(LightningCLI):
                 raise
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        choose_precision(config.trainer)
-        check_backbone_card(config)
+        choose_precision(self.subcommand_config().trainer)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            named = missing_card(self.subcommand_config(), user_mistake(err) or "")
+            if named is None:
+                raise
+            raise named from None
+
+    def subcommand_config(self) -> Namespace:
+        return self.config[self.subcommand] if self.subcommand else self.config
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         try:
