@@ -71,8 +71,13 @@ class NotTestable(ValueError):
 
 
 def complete(values: PerRatio) -> PerRatio:
-    """The ratios whose every seed has a value."""
-    return {r: s for r, s in values.items() if s and None not in s.values()}
+    """The table without the seeds that miss a value at some ratio (a run that did not
+    succeed): a claim then rests on fewer seeds, which its ``n`` shows, never on fewer ratios."""
+    broken = {seed for by_seed in values.values() for seed, v in by_seed.items() if v is None}
+    return {
+        r: {seed: v for seed, v in by_seed.items() if seed not in broken}
+        for r, by_seed in values.items()
+    }
 
 
 def seeds_of(values: PerRatio) -> list[int]:

@@ -162,6 +162,22 @@ def test_one_seed_gives_no_interval_and_no_verdict():
     assert untestable["nmtune_beats_mlp"] == "needs OOD runs of method mlp"  # ID: the same
 
 
+def test_a_failed_run_drops_its_seed_not_its_ratio():
+    rows = sweep(
+        id_curve=[0.70, 0.74, 0.73, 0.71, 0.66],
+        ood_curve=[0.50, 0.48, 0.46, 0.43, 0.40],
+        gaps={"nmtune": 0.03},
+    )
+    for row in rows:  # seed 2's LP run at 30 % failed
+        if (row["seed"], row["noise_ratio"], row["method"]) == (2, 0.3, "lp"):
+            row["status"] = "failed"
+    claims = {(c["claim"], c["method"], c["metric"].split()[0]): c for c in paper_claims(rows)}
+    heavy = claims[("id_heavy_noise_hurts", "lp", "ID")]
+    assert heavy["n"] == 3 and "heaviest" in heavy["metric"]
+    assert heavy["observed"] == pytest.approx(-8.0, abs=0.5)  # still 30 % (66) against 5 % (74)
+    assert claims[("nmtune_beats_lp", "nmtune - lp", "OOD")]["n"] == 3
+
+
 def test_paired_effects_pair_by_seed_and_ratio():
     rows = sweep(
         id_curve=[0.7] * 5, ood_curve=[0.5] * 5, gaps={"mlp": 0.01, "nmtune": 0.03}, jitter=0.0
