@@ -157,6 +157,8 @@ class Claim:
         if missing:
             raise NotTestable(f"needs {self.kind.upper()} runs of method {missing[0]}")
         values = [complete(table[m]) for m in self.methods]
+        if not all(seeds_of(v) for v in values):
+            raise NotTestable("no seed has every run it needs")
         if len(values) == 2:
             return method_gap(*values)
         assert self.statistic is not None

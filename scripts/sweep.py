@@ -41,8 +41,9 @@ LP/MLP/NMTune runs of one backbone and task extract the frozen features once); a
 overrides: the noise ratio, or ``--model.init_args.backbone.card=<that ratio's card>``,
 ``--seed_everything=S`` and ``--data.init_args.seed=S`` (the replicate's seed: model init, data
 order and, in pre-training, which samples are noisy and their wrong labels), the logger's
-``save_dir``/``name``/``version`` (the config needs a logger with those, e.g. TensorBoardLogger)
-and ``--export.dirpath``. Output folder::
+``save_dir``/``name``/``version`` (the config needs a logger with those, e.g. TensorBoardLogger),
+``--export.dirpath`` and ``--export.overwrite=true`` (a run's folder is its own: a rerun
+replaces its export). Output folder::
 
     <out>/seed_0/<pretrain name>/ratio_0.10/   a pre-training run (its card: export/card.json)
     <out>/seed_0/adapt/ratio_0.10/<name>/      an adaptation run of that backbone
@@ -340,12 +341,15 @@ def seed_args(seed: int) -> tuple[str, ...]:
 
 
 def output_args(folder: Path) -> tuple[str, ...]:
-    """Logger and export into ``folder`` itself (``version`` empty: no version_N subfolder)."""
+    """Logger and export into ``folder`` itself (``version`` empty: no version_N subfolder).
+    The folder is the run's own, so a rerun replaces its export (also after the sweep's folder
+    was moved or copied, when the export would otherwise look like another run's)."""
     return (
         f"--trainer.logger.init_args.save_dir={folder.parent}",
         f"--trainer.logger.init_args.name={folder.name}",
         "--trainer.logger.init_args.version=",
         f"--export.dirpath={folder / 'export'}",
+        "--export.overwrite=true",
     )
 
 

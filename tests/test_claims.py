@@ -176,6 +176,11 @@ def test_a_failed_run_drops_its_seed_not_its_ratio():
     assert heavy["n"] == 3 and "heaviest" in heavy["metric"]
     assert heavy["observed"] == pytest.approx(-8.0, abs=0.5)  # still 30 % (66) against 5 % (74)
     assert claims[("nmtune_beats_lp", "nmtune - lp", "OOD")]["n"] == 3
+    for row in rows:  # now every seed misses a run: nothing left to test
+        if row["method"] == "lp" and row["noise_ratio"] == 0.0:
+            row["status"] = "failed"
+    reasons = {c["reason"] for c in paper_claims(rows) if c["method"] == "lp"}
+    assert reasons == {"no seed has every run it needs"}
 
 
 def test_paired_effects_pair_by_seed_and_ratio():

@@ -250,7 +250,7 @@ def test_failed_runs_are_reported_and_the_others_complete(
 
     summary = (out / "summary.md").read_text()
     assert "## Runs that did not succeed" in summary
-    assert 'Parser key "optimizer.lr"' in summary  # the reason: the log's error message
+    assert "--model.init_args.optimizer.lr: expected float, got 'not-a-number'" in summary
     assert "error: data.noise_ratio must be in [0, 1), got 1.5" in summary
     assert "its pre-training did not succeed" in summary
     assert f"`{out / 'seed_0/adapt/ratio_0.10/lp_broken/log.txt'}`" in summary
