@@ -553,7 +553,11 @@ class SuiteCLI(LightningCLI):
         if isinstance(data, ShardDataModule) and not (
             is_rank_process(self.trainer) and data.builtin is not None  # being written by rank 0
         ):
-            data.check_before_training(stage, self.trainer.num_devices * self.trainer.num_nodes)
+            data.check_before_training(
+                stage,
+                self.trainer.num_devices * self.trainer.num_nodes,
+                streams_training=not getattr(self.model, "cache_features", False),
+            )
         self.held_logs.show()
 
     def written_folders(self, stage: str) -> list[tuple[str, Path]]:

@@ -145,8 +145,6 @@ class ShardDataModule(L.LightningDataModule):
                 )
             self.train_spec = self._parse(train, "train_shards", self.source_weights)
             self.batches_per_rank()  # fail now, not at the first epoch
-            if not self.resample:
-                check_enough_shards(self.train_spec, self._rank_world()[1], self.num_workers)
         self.eval_specs["val"] = self._parse_named(val, "val_shards")
         self.eval_specs["test"] = self._parse_named(test, "test_shards")
         if self.test_in_validation:
@@ -166,12 +164,19 @@ class ShardDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[EpochLoader]:
         return self._eval_loaders("test")
 
-    def check_before_training(self, stage: str, world_size: int) -> None:
+    def check_before_training(
+        self, stage: str, world_size: int, streams_training: bool = True
+    ) -> None:
         """Run ``setup(stage)`` as ``world_size`` ranks will, before any of them exists: a data
-        mistake then stops the run before Lightning starts rank processes or a log folder."""
+        mistake then stops the run before Lightning starts rank processes or a log folder.
+        ``streams_training`` is false for a model that trains on cached features: its training
+        shards are then read once, like an evaluation set, and need not feed every reader."""
         self._planned_world_size = world_size
         try:
             self.setup(stage)
+            if stage == "fit" and streams_training and not self.resample:
+                assert self.train_spec is not None
+                check_enough_shards(self.train_spec, world_size, self.num_workers)
         finally:
             self._planned_world_size = None
 

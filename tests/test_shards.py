@@ -80,3 +80,16 @@ def test_bad_counts_and_weights_are_explained(make_shards):
         parse_shards(spec, weights=[1.0, 2.0])
     with pytest.raises(ShardSpecError, match="empty"):
         parse_shards("  ")
+
+
+def test_one_shard_feeds_a_cached_feature_run_but_not_a_streamed_one(make_shards):
+    """Training shards that a model only extracts features from are read once, like an
+    evaluation set: one shard is enough for two workers. A streamed training run refuses it."""
+    from datamodules.classification import ClassificationDataModule
+
+    data = ClassificationDataModule(
+        train_shards=make_shards([40]), num_classes=10, batch_size=8, num_workers=2
+    )
+    data.check_before_training("fit", world_size=1, streams_training=False)
+    with pytest.raises(ShardSpecError, match="1 shards cannot feed 1 ranks x 2 workers"):
+        data.check_before_training("fit", world_size=1, streams_training=True)
