@@ -76,11 +76,12 @@ import torch.nn.functional as F
 from torch import nn
 from webdataset.tariterators import base_plus_ext
 
-import datamodules.features as features_module
+import lightning_modules.feature_cache as feature_cache_module
 from benchmarks.common import machine_info, print_ratios, publish, quiet_lightning
 from callbacks.export import write_card
 from datamodules.builtin import prepare_builtin
 from datamodules.classification import ClassificationDataModule
+from datamodules.features import FeatureRows, ImageSource
 from datamodules.shards import parse_shards
 from datamodules.transforms import TransformConfig
 from lightning_modules.adapt import Adaptation
@@ -113,20 +114,22 @@ REG_VARIANTS = {
 
 # --- 1. end to end -------------------------------------------------------------------------------
 class TimedDataModule(ClassificationDataModule):
-    """The DataModule, timing its one-time feature extraction and counting the rows per split."""
+    """The DataModule, timing the one-time feature extraction (from naming its image sources to
+    serving the features) and counting the rows per set."""
 
     extraction_s: float | None = None
     extracted_rows: dict[str, int] | None = None
 
-    def use_cached_features(self, *args: Any, **kwargs: Any) -> None:
-        start = time.perf_counter()
-        super().use_cached_features(*args, **kwargs)
-        self.extraction_s = time.perf_counter() - start
-        assert self.cached is not None
-        rows = {"train": len(self.cached["train"]) if self.cached["train"] is not None else 0}
-        for split, sets in self.cached.items():
-            if split != "train":
-                rows |= {f"{split}/{name}": len(data.rows.keys) for name, data in sets.items()}
+    def frozen_sources(self, stage: str) -> list[ImageSource]:
+        self._extraction_start = time.perf_counter()
+        return super().frozen_sources(stage)
+
+    def serve_features(self, train_views: list[FeatureRows], evaluation: Any, *rest: Any) -> None:
+        super().serve_features(train_views, evaluation, *rest)
+        self.extraction_s = time.perf_counter() - self._extraction_start
+        rows = {"train": len(train_views[0].keys) if train_views else 0}
+        for split, sets in evaluation.items():
+            rows |= {f"{split}/{name}": len(data.keys) for name, data in sets.items()}
         self.extracted_rows = rows
 
 
@@ -550,7 +553,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # the extraction's per-batch progress bars flood a log file (TQDM_DISABLE is read at import)
-    features_module.tqdm = functools.partial(features_module.tqdm, disable=True)
+    feature_cache_module.tqdm = functools.partial(feature_cache_module.tqdm, disable=True)
     quiet_lightning()
     publish(NAME, run(args), report, args.out)
 

@@ -6,21 +6,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from datamodules.base import ShardDataModule
 from datamodules.errors import ConfigError
-from datamodules.features import (
-    EvaluationFeatures,
-    FeatureRows,
-    TrainingFeatures,
-    cache_key,
-    cached_part,
-    extract,
-    load_all_parts,
-)
+from datamodules.features import EvaluationFeatures, FeatureRows, ImageSource, TrainingFeatures
 from datamodules.formats import ClassificationFormat, LabelNoise
 from datamodules.noise import AsymmetricLabelNoise, SymmetricLabelNoise
 from datamodules.pipeline import EpochLoader, ShardStream
@@ -88,30 +78,28 @@ class ClassificationDataModule(ShardDataModule):
             label_key=self.label_key,
         )
 
-    # --- frozen-backbone features ---------------------------------------------------------
-    def use_cached_features(
-        self,
-        backbone: nn.Module,
-        cache_dir: str,
-        device: torch.device,
-        two_views: bool = False,
-        stage: str = "fit",
-    ) -> None:
-        """Extract the splits that ``stage`` reads once through the frozen ``backbone``
-        (``fit``: train and val; ``validate``: val; ``test``: test), reused from the disk cache
-        when nothing changed, then serve feature tensors instead of images."""
-        rank, world = self._rank_world()
-        backbone.to(device)
+    # --- what a frozen backbone reads, and the features it gives back ---------------------
+    def frozen_sources(self, stage: str) -> list[ImageSource]:
+        """The images a frozen backbone must see once for ``stage`` (``fit``: each of the
+        ``train_views`` training views and the validation sets; ``validate``: validation;
+        ``test``: test), this rank's share of each, with clean labels."""
+        augment = self.train_views > 1
+        sources = []
+        if self.train_spec is not None and stage == "fit":
+            for view in range(self.train_views):
+                sources.append(self._image_source("train", "train", self.train_spec, augment, view))
+        for split, specs in self.eval_specs.items():
+            if split in STAGE_SPLITS.get(stage, ()):
+                for name, spec in specs.items():
+                    sources.append(self._image_source(split, name, spec, False, 0))
+        return sources
 
-        def part(spec: ShardSpec, augment: bool, view: int) -> tuple[Path, FeatureRows]:
-            key = cache_key(
-                backbone=backbone.identity,
-                shards=spec.spec,
-                transform=asdict(self.transform),
-                augment=augment,
-                view=view,
-                label_key=self.label_key,
-            )
+    def _image_source(
+        self, split: str, name: str, spec: ShardSpec, augment: bool, view: int
+    ) -> ImageSource:
+        rank, world = self._rank_world()
+
+        def batches() -> EpochLoader:
             stream = ShardStream(
                 spec,
                 self.sample_format(augment, noisy=False),
@@ -121,32 +109,36 @@ class ClassificationDataModule(ShardDataModule):
                 world_size=world,
                 max_skip_fraction=self.max_skip_fraction,
             )
-            loader = EpochLoader(stream, self.num_workers)
-            split_name = Path(spec.urls[0]).name.rsplit("-", 1)[0]
-            desc = f"features of {split_name} (view {view}, rank {rank})"
-            folder = Path(cache_dir) / key
-            return folder, cached_part(
-                folder, rank, world, lambda: extract(loader, backbone, device, desc)
-            )
+            return EpochLoader(stream, self.num_workers)
 
-        augment = self.train_views > 1
-        train_folders = (
-            [part(self.train_spec, augment, view)[0] for view in range(self.train_views)]
-            if self.train_spec is not None and stage == "fit"
-            else []
-        )
-        evaluation = {
-            split: {
-                name: EvaluationFeatures(part(spec, False, 0)[1]) for name, spec in specs.items()
-            }
-            for split, specs in self.eval_specs.items()
-            if split in STAGE_SPLITS.get(stage, ())
+        identity = {
+            "shards": spec.spec,
+            "transform": asdict(self.transform),
+            "augment": augment,
+            "view": view,
+            "label_key": self.label_key,
         }
-        if self.trainer is not None:
-            self.trainer.strategy.barrier("feature cache")
-        views = [load_all_parts(folder, world) for folder in train_folders]
-        train = TrainingFeatures(views, self.noise, two_views) if views else None
-        self.cached = {"train": train, **evaluation}
+        split_name = Path(spec.urls[0]).name.rsplit("-", 1)[0]
+        description = f"features of {split_name} (view {view}, rank {rank})"
+        return ImageSource(split, name, identity, batches, description)
+
+    def serve_features(
+        self,
+        train_views: list[FeatureRows],
+        evaluation: dict[str, dict[str, FeatureRows]],
+        two_views: bool = False,
+    ) -> None:
+        """From now on serve feature rows instead of images: the training views with this
+        DataModule's label noise (two views per row with ``two_views``), each evaluation set
+        once, in order."""
+        train = TrainingFeatures(train_views, self.noise, two_views) if train_views else None
+        self.cached = {
+            "train": train,
+            **{
+                split: {name: EvaluationFeatures(rows) for name, rows in sets.items()}
+                for split, sets in evaluation.items()
+            },
+        }
 
     def train_dataloader(self) -> DataLoader:
         if self.cached is None:

@@ -1,39 +1,23 @@
-"""Frozen-backbone features, extracted once per split and cached on disk.
+"""Feature tensors as training and evaluation data: the data side of a frozen backbone.
 
-LP, MLP and NMTune never change the backbone, so running it every step (as the official code
-does) wastes most of the compute. Here each rank streams its own share of every split through
-the backbone once, writes it to ``<cache_dir>/<key>/part-<rank>-of-<world>.pt``, and training
-reads the tensors. The key hashes everything that changes the features: the backbone identity
-(architecture and a hash of its weights), the shard spec, the transform and the view index, so a
-second model never reuses the first model's features (the official code's cache bug).
-Labels are stored clean; label noise is applied when a row is read, by the same keyed noise as
-the streaming pipeline, so one cache serves every noise ratio.
+A DataModule names the images a frozen backbone must see (:class:`ImageSource`, this rank's
+share of each set, clean labels); ``lightning_modules/feature_cache.py`` runs the backbone over
+them once and hands back :class:`FeatureRows`, which the DataModule serves through the datasets
+below. Labels stay clean in the rows; label noise is applied when a row is read, by the same
+keyed noise as the streaming pipeline, so one cache serves every noise ratio.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset, IterableDataset
-from tqdm import tqdm
 
 from datamodules.formats import LabelNoise
-
-CACHE_FORMAT = 1
-
-
-def cache_key(**parts: Any) -> str:
-    """sha256 of the JSON of everything that determines the features."""
-    text = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -53,48 +37,25 @@ class FeatureRows:
         )
 
 
-@torch.no_grad()
-def extract(
-    batches: Iterator[dict[str, Any]], backbone: nn.Module, device: torch.device, desc: str
-) -> FeatureRows:
-    """Run ``backbone`` over image batches (eval mode, no grad); keep float32 features on CPU."""
-    backbone.eval()
-    features, keys, labels = [], [], []
-    for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
-        features.append(backbone(batch["image"].to(device)).float().cpu())
-        keys += batch["key"]
-        labels.append(batch["clean_label"])
-    dim = getattr(backbone, "dim", 0)
-    if not features:
-        return FeatureRows(torch.zeros(0, dim), [], torch.zeros(0, dtype=torch.long))
-    return FeatureRows(torch.cat(features), keys, torch.cat(labels))
+@dataclass(frozen=True)
+class ImageSource:
+    """Images a frozen backbone must see once: this rank's share of one set, clean labels.
 
+    Args:
+        split: ``train``, ``val`` or ``test``.
+        name: The evaluation set's name (``train`` for training views).
+        identity: Everything on the data side that decides the features (shards, transform,
+            augmentation, view, label key): part of the cache key.
+        batches: Builds the loader of ``image``/``key``/``clean_label`` batches (called only
+            when the features are not cached yet).
+        description: What a progress bar shows while the features are extracted.
+    """
 
-def cached_part(
-    folder: Path, rank: int, world: int, build: Callable[[], FeatureRows]
-) -> FeatureRows:
-    """This rank's part of a cached split: loaded when present, else built and saved."""
-    path = folder / f"part-{rank}-of-{world}.pt"
-    if path.is_file():
-        data = torch.load(path, weights_only=True)
-        return FeatureRows(data["features"], data["keys"], data["clean_labels"])
-    rows = build()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"features": rows.features, "keys": rows.keys, "clean_labels": rows.clean_labels}, tmp
-    )
-    tmp.rename(path)
-    return rows
-
-
-def load_all_parts(folder: Path, world: int) -> FeatureRows:
-    """Every rank's part, in rank order (each rank trains on all rows through its sampler)."""
-    parts = []
-    for rank in range(world):
-        data = torch.load(folder / f"part-{rank}-of-{world}.pt", weights_only=True)
-        parts.append(FeatureRows(data["features"], data["keys"], data["clean_labels"]))
-    return FeatureRows.cat(parts)
+    split: str
+    name: str
+    identity: dict[str, Any]
+    batches: Callable[[], Iterable[dict[str, Any]]]
+    description: str
 
 
 def _row(rows: FeatureRows, index: int, noise: LabelNoise | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ lora       LoRA adapters (peft) + head  adapted backbone                  CE (+ 
 ft         whole backbone + head        fine-tuned backbone               CE (+ COV, SVD terms)
 =========  ===========================  ================================  =====================
 
-Frozen methods train on cached features by default (see ``datamodules/features.py``).
+Frozen methods train on cached features by default (see ``feature_cache.py``).
 """
 
 from __future__ import annotations
@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
-from torch import nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from datamodules.errors import ConfigError
 from datamodules.transforms import TwoViewTransformConfig
 from lightning_modules.backbones import Backbone, BackboneConfig
 from lightning_modules.base import NoisyTrainingModule, OptimizerConfig, ParameterGroup
+from lightning_modules.classifier import ClassifierHead, LinearClassifier
+from lightning_modules.feature_cache import FeatureCache
 from lightning_modules.heads import ResidualMLP
 from lightning_modules.lora import LoraConfig, add_lora
 from lightning_modules.probe_sweep import WeightDecaySweep
@@ -95,17 +94,9 @@ class NMTuneConfig:
         return replace(base, **overrides)
 
 
-def official_classifier(dim: int, num_classes: int) -> nn.Linear:
-    """The official ``ClassificationHead(False, kaiming_uniform(empty(C, D)))``: weights from
-    ``kaiming_uniform_`` with its defaults (bound sqrt(6 / D), not nn.Linear's 1 / sqrt(D)) drawn
-    first, and a bias that starts at zero and trains (the head replaces nn.Linear's bias with
-    ``zeros_like``; it is not bias-free)."""
-    weight = nn.init.kaiming_uniform_(torch.empty(num_classes, dim))
-    classifier = nn.Linear(dim, num_classes)
-    with torch.no_grad():
-        classifier.weight.copy_(weight)
-        classifier.bias.zero_()
-    return classifier
+def official_classifier(dim: int, num_classes: int) -> LinearClassifier:
+    """The official NMTune classifier (see :class:`LinearClassifier`, ``init="official"``)."""
+    return LinearClassifier(dim, num_classes, init="official")
 
 
 def stack_views(images: torch.Tensor) -> torch.Tensor:
@@ -187,10 +178,9 @@ class Adaptation(NoisyTrainingModule):
         if method == "ft" and self.backbone is None:
             raise ConfigError("method ft needs a backbone (model.backbone), not embeddings")
         self.transform: ResidualMLP | None = None
-        self.classifier: nn.Linear | WeightDecaySweep | None = None
+        self.classifier: ClassifierHead | None = None
         if self.backbone is not None:
             self._build_head(self.backbone.dim)
-        self.eval_metrics = nn.ModuleDict()
 
     # --- construction -------------------------------------------------------------------
     def _build_head(self, dim: int) -> None:
@@ -200,10 +190,9 @@ class Adaptation(NoisyTrainingModule):
             )
         if self.weight_decay_sweep:
             self.classifier = WeightDecaySweep(dim, self.num_classes, self.weight_decay_sweep)
-        elif self.official_step:
-            self.classifier = official_classifier(dim, self.num_classes)
         else:
-            self.classifier = nn.Linear(dim, self.num_classes)
+            init = "official" if self.official_step else "default"
+            self.classifier = LinearClassifier(dim, self.num_classes, init)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -231,23 +220,18 @@ class Adaptation(NoisyTrainingModule):
         if self.two_views:  # before any extraction
             self._two_view_data(datamodule)
         if self.backbone is not None and self.cache_features:
-            datamodule.use_cached_features(
+            FeatureCache(self.cache_dir).attach(
+                datamodule,
                 self.backbone,
-                self.cache_dir,
-                self.trainer.strategy.root_device,
+                stage,
+                device=self.trainer.strategy.root_device,
+                rank=self.trainer.global_rank,
+                world=self.trainer.world_size,
+                barrier=lambda: self.trainer.strategy.barrier("feature cache"),
                 two_views=self.two_views,
-                stage=stage,
             )
         for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
-            if self.sweep is not None:
-                self.sweep.add_evaluation_set(name)
-                continue
-            self.eval_metrics[name] = nn.ModuleDict(
-                {
-                    "acc": MulticlassAccuracy(self.num_classes, average="micro"),
-                    "f1": MulticlassF1Score(self.num_classes, average="macro"),
-                }
-            )
+            self.classifier.add_evaluation_set(name)
 
     def _two_view_data(self, datamodule: Any) -> None:
         """Cached features: two of the ``data.train_views`` views per row. Images: the training
@@ -272,19 +256,13 @@ class Adaptation(NoisyTrainingModule):
             return
         datamodule.transform = TwoViewTransformConfig.of(datamodule.transform, strong)
 
-    @property
-    def sweep(self) -> WeightDecaySweep | None:
-        return self.classifier if isinstance(self.classifier, WeightDecaySweep) else None
-
     def parameter_groups(self) -> list[ParameterGroup]:
         """The head at the base learning rate (each swept head with its weight decay); the
         backbone's trainable part (LoRA adapters, or everything for FT at
         ``backbone_lr_scale``) beside it."""
-        if self.sweep is not None:
-            groups = [ParameterGroup(head, 1.0, wd) for head, wd in self.sweep.parameter_groups()]
-        else:
-            head = nn.ModuleList([m for m in (self.transform, self.classifier) if m is not None])
-            groups = [ParameterGroup(head)]
+        groups = self.classifier.parameter_groups()
+        if self.transform is not None:
+            groups = [ParameterGroup(self.transform), *groups]
         if self.backbone is None:
             return groups
         scale = self.backbone_lr_scale if self.method == "ft" else 1.0
@@ -326,43 +304,35 @@ class Adaptation(NoisyTrainingModule):
         weak, strong = (
             (features.chunk(2)[0], rows.chunk(2)[1]) if self.two_views else (features, rows)
         )
-        if self.sweep is not None:  # summed over the heads; logged as their mean
-            loss = self.sweep.loss(rows, labels)
-            self.log("train/ce", loss / len(self.sweep.heads), on_step=True, on_epoch=True)
-        else:
-            loss = F.cross_entropy(self.classifier(rows), labels)
-            self.log("train/ce", loss, on_step=True, on_epoch=True, prog_bar=True)
+        loss, cross_entropy = self.classifier.loss(rows, labels)
+        log = {"on_step": True, "on_epoch": True, "batch_size": len(labels)}
+        self.log("train/ce", cross_entropy, prog_bar=True, **log)
         if self.regularizer_weights is not None:
             terms = nmtune_regularizer(weak, strong, self.regularizer_weights, rows)
             for name, value in terms.items():
-                self.log(f"train/reg_{name}", value, on_step=False, on_epoch=True)
+                self.log(f"train/reg_{name}", value, **{**log, "on_step": False})
             loss = loss + terms["total"]
-        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, **log)
         return loss
 
     def evaluate(self, batch: dict[str, Any], split: str, name: str) -> dict:
-        """Accuracy and macro F1 per evaluation set; Z (or F) goes to the spectrum callback."""
+        """The classifier scores the batch (logged at the end of the epoch); Z (or F) goes to
+        the spectrum callback."""
         transformed = self.features(batch)
-        if self.sweep is not None:  # every head is scored; logged at the end of the epoch
-            self.sweep.update(name, transformed, batch["label"])
-            return {"features": transformed}
-        logits = self.classifier(transformed)
-        self.log_classification(f"{split}/{name}", logits, batch["label"], self.eval_metrics[name])
+        self.classifier.update(name, transformed, batch["label"])
         return {"features": transformed}
 
     def on_validation_epoch_end(self) -> None:
-        if self.sweep is not None:
-            selection = None if self.trainer.sanity_checking else self.weight_decay_selection
-            self._log_sweep("val", selection)
+        selection = None if self.trainer.sanity_checking else self.weight_decay_selection
+        self._log_evaluation("val", selection)
 
     def on_test_epoch_end(self) -> None:
-        if self.sweep is not None:
-            self._log_sweep("test", None)
+        self._log_evaluation("test", None)
 
-    def _log_sweep(self, split: str, selection: str | None) -> None:
-        """The selected head's metrics (picked on ``selection`` first, when given), every
-        head's accuracy, and the selected weight decay; already synced across ranks."""
-        logs = self.sweep.compute(self.trainer.datamodule.eval_names(split), selection)
+    def _log_evaluation(self, split: str, selection: str | None) -> None:
+        """Every set's accuracy, macro F1 and loss (after a weight-decay sweep re-selects its
+        head on ``selection``); already synced across ranks by torchmetrics."""
+        logs = self.classifier.compute(self.trainer.datamodule.eval_names(split), selection)
         self.log_dict({f"{split}/{key}": value for key, value in logs.items()}, sync_dist=False)
 
     # --- optimisation -------------------------------------------------------------------
@@ -391,15 +361,9 @@ class Adaptation(NoisyTrainingModule):
             if param.requires_grad
         }
         save_file(trainable, str(path))
-        sweep = (
-            {"weight_decay_sweep": self.weight_decay_sweep,
-             "selected_weight_decay": self.sweep.selected_weight_decay}
-            if self.sweep is not None
-            else {}
-        )  # fmt: skip
         return {
             "method": self.method,
-            **sweep,
+            **self.classifier.card(),
             "backbone": json.loads(json.dumps(asdict(self.backbone_config))),
             "num_classes": self.num_classes,
             "weights": path.name,

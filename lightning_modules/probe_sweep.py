@@ -13,14 +13,19 @@ stage uses the head selected last (the choice is a buffer, so it is saved in che
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from datamodules.errors import ConfigError
+from lightning_modules.base import ParameterGroup
+from lightning_modules.classifier import (
+    classification_metrics,
+    compute_and_reset,
+    update_classification,
+)
 
 
 def weight_decay_label(weight_decay: float) -> str:
@@ -29,7 +34,8 @@ def weight_decay_label(weight_decay: float) -> str:
 
 
 class WeightDecaySweep(nn.Module):
-    """One linear head per weight decay; ``forward`` is the selected head.
+    """One linear head per weight decay; ``forward`` is the selected head (a
+    :class:`~lightning_modules.classifier.ClassifierHead`).
 
     Args:
         dim: Feature dimension D.
@@ -62,34 +68,31 @@ class WeightDecaySweep(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.heads[int(self.selected)](features)
 
-    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``sum_k CE(head_k(x), y)``: each head's gradient is the one it would get alone."""
-        return sum(F.cross_entropy(head(features), labels) for head in self.heads)
+    def loss(
+        self, features: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sum_k CE(head_k(x), y)``: each head's gradient is the one it would get alone;
+        logged as the mean over heads."""
+        total = sum(F.cross_entropy(head(features), labels) for head in self.heads)
+        return total, total / len(self.heads)
 
-    def parameter_groups(self) -> list[tuple[nn.Module, float]]:
-        """(head, weight decay) pairs for the optimiser."""
-        return list(zip(self.heads, self.weight_decays, strict=True))
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """Each head in its own group, with its own weight decay."""
+        return [
+            ParameterGroup(head, weight_decay=weight_decay)
+            for head, weight_decay in zip(self.heads, self.weight_decays, strict=True)
+        ]
 
     # --- evaluation -----------------------------------------------------------------------
     def add_evaluation_set(self, name: str) -> None:
         """Accuracy, macro F1 and mean cross-entropy of every head on the set ``name``."""
         self.metrics[name] = nn.ModuleList(
-            nn.ModuleDict(
-                {
-                    "acc": MulticlassAccuracy(self.num_classes, average="micro"),
-                    "f1": MulticlassF1Score(self.num_classes, average="macro"),
-                    "loss": MeanMetric(),
-                }
-            )
-            for _ in self.heads
+            classification_metrics(self.num_classes) for _ in self.heads
         )
 
     def update(self, name: str, features: torch.Tensor, labels: torch.Tensor) -> None:
         for head, metrics in zip(self.heads, self.metrics[name], strict=True):
-            logits = head(features)
-            metrics["acc"].update(logits, labels)
-            metrics["f1"].update(logits, labels)
-            metrics["loss"].update(F.cross_entropy(logits, labels), weight=len(labels))
+            update_classification(metrics, head(features), labels)
 
     def compute(self, names: Sequence[str], selection_set: str | None) -> dict[str, float]:
         """Every head's metrics on ``names`` (synced across ranks by torchmetrics), then reset.
@@ -99,10 +102,7 @@ class WeightDecaySweep(nn.Module):
         head, and ``selected_weight_decay``.
         """
         values = {
-            name: [
-                {key: metric.compute() for key, metric in head_metrics.items()}
-                for head_metrics in self.metrics[name]
-            ]
+            name: [compute_and_reset(head_metrics) for head_metrics in self.metrics[name]]
             for name in names
         }
         if selection_set is not None:
@@ -114,7 +114,10 @@ class WeightDecaySweep(nn.Module):
             logs.update({f"{name}/{key}": float(v) for key, v in values[name][chosen].items()})
             for weight_decay, head in zip(self.weight_decays, values[name], strict=True):
                 logs[f"{name}/acc_{weight_decay_label(weight_decay)}"] = float(head["acc"])
-            for head_metrics in self.metrics[name]:
-                for metric in head_metrics.values():
-                    metric.reset()
         return logs
+
+    def card(self) -> dict[str, Any]:
+        return {
+            "weight_decay_sweep": list(self.weight_decays),
+            "selected_weight_decay": self.selected_weight_decay,
+        }

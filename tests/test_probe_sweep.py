@@ -24,7 +24,8 @@ def test_each_head_trains_exactly_as_it_would_alone() -> None:
     for single, head in zip(alone, sweep.heads, strict=True):
         single.load_state_dict(head.state_dict())
     groups = [
-        {"params": head.parameters(), "weight_decay": wd} for head, wd in sweep.parameter_groups()
+        {"params": group.module.parameters(), "weight_decay": group.weight_decay}
+        for group in sweep.parameter_groups()
     ]
     joint = torch.optim.AdamW(groups, lr=0.05)
     singles = [
@@ -34,7 +35,7 @@ def test_each_head_trains_exactly_as_it_would_alone() -> None:
     for _ in range(5):
         x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
         joint.zero_grad()
-        sweep.loss(x, y).backward()
+        sweep.loss(x, y)[0].backward()
         joint.step()
         for single, optimizer in zip(alone, singles, strict=True):
             optimizer.zero_grad()
