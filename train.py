@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.data_audit import DataAudit
 from callbacks.export import ExportBackbone
+from callbacks.run_summary import RunSummary
 from callbacks.spectrum_monitor import SpectrumMonitor
 from datamodules.base import ShardDataModule
 from datamodules.builtin import BuiltinDataError
@@ -472,6 +474,7 @@ class SuiteCLI(LightningCLI):
         parser.add_lightning_class_args(DataAudit, "data_audit")
         parser.add_lightning_class_args(ExportBackbone, "export")
         parser.add_lightning_class_args(SpectrumMonitor, "spectrum")
+        parser.add_lightning_class_args(RunSummary, "summary")
         parser.add_argument(
             "--allow_unsafe_checkpoint_loading", type=bool, default=False, help=UNSAFE_LOADING_HELP
         )
@@ -619,8 +622,19 @@ class SuiteCLI(LightningCLI):
             raise
 
 
+def quiet_library_chatter() -> None:
+    """Drop what is not about the run: Lightning's "💡 Tip" adverts for its cloud products, and
+    its warning that an IterableDataset with ``__len__`` may be miscounted across workers (the
+    suite's loaders give every worker its own shards and a fixed batch count per rank, see
+    ``datamodules/pipeline.py``, so the length is exact)."""
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        handler.addFilter(lambda record: not record.getMessage().startswith("💡 Tip"))
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = resolve_config_paths(sys.argv[1:] if argv is None else argv)
+    quiet_library_chatter()
     parser_kwargs: dict[str, Any] = {
         **STRICT_PARSING,
         **{name: dict(STRICT_PARSING) for name in LightningCLI.subcommands()},

@@ -102,6 +102,7 @@ class ExportBackbone(L.Callback):
         self.dirpath = dirpath
         self.overwrite = overwrite
         self.run_id = uuid.uuid4().hex
+        self.exported: Path | None = None  # the folder, once written (rank 0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id}
@@ -129,6 +130,7 @@ class ExportBackbone(L.Callback):
             run=run,
             spectrum=getattr(spectrum[0], "protocol_info", None) if spectrum else None,
         )
+        self.exported = path.parent
         print(f"exported: {path.parent}")
 
     def _folder_and_run(self, trainer: L.Trainer) -> tuple[Path, dict[str, str]]:

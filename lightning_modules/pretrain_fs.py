@@ -157,9 +157,10 @@ class SupervisedPretraining(NoisyTrainingModule):
             logits = self(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         self.train_metrics.update(logits.argmax(dim=1), batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        size = len(labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         for name, metric in self.train_metrics.means.items():
-            self.log(f"train/{name}", metric, on_step=False, on_epoch=True)
+            self.log(f"train/{name}", metric, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
     def evaluate(self, batch: dict[str, Any], split: str, name: str) -> dict:

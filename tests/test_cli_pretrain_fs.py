@@ -78,6 +78,16 @@ def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_pat
     card = json.loads((tmp_path / "export" / "card.json").read_text())
     assert card["data"]["noise"] == {"type": "symmetric", "ratio": 0.2, "expected_rate": 0.2}
     assert card["backbone"]["library"] == "timm" and "val/val/top1" in card["metrics"]
+
+    # the run ends with its results, its folders and the TensorBoard command; no chatter
+    summary = result.stdout[result.stdout.index("fit done after 2 epochs") :]
+    assert re.search(r"val/val\s+\d\.\d{4}\s+\d\.\d{4}\s+\d\.\d{4}", summary), summary
+    assert f"logs:   {run_dir.resolve()}" in summary
+    assert f"view:   tensorboard --logdir {tmp_path.resolve()}" in summary
+    assert f"export: {(tmp_path / 'export').resolve()}" in summary
+    output = result.stdout + result.stderr
+    for chatter in ("💡 Tip", "ambiguous collection", "`IterableDataset` has `__len__`"):
+        assert chatter not in output, chatter
     monitor = SpectrumMonitor()
     assert card.get("spectrum") == getattr(monitor, "protocol_info", None)
     export = f"local-dir:{tmp_path / 'export'}"
