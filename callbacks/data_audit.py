@@ -14,7 +14,8 @@ class DataAudit(L.Callback):
     """Counts, over all ranks, the noisy and the skipped samples that training really saw.
 
     Logged per epoch: ``noise/realised_rate`` (noisy / seen, from each batch's ``is_noisy``),
-    ``noise/nominal_ratio`` and ``noise/expected_rate`` (from the DataModule), and
+    ``noise/nominal_ratio`` and ``noise/expected_rate`` (from the DataModule),
+    ``data/seen_samples`` (what a training subset or the epoch length leaves), and
     ``data/skipped_<reason>`` for every skip reason of the pipeline.
     """
 
@@ -40,7 +41,10 @@ class DataAudit(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         totals = trainer.strategy.reduce(self.counts.to(pl_module.device), reduce_op="sum")
         totals = totals.cpu()
-        metrics = {"noise/realised_rate": float(totals[0] / max(float(totals[1]), 1.0))}
+        metrics = {
+            "noise/realised_rate": float(totals[0] / max(float(totals[1]), 1.0)),
+            "data/seen_samples": float(totals[1]),
+        }
         summary = getattr(trainer.datamodule, "noise_summary", None)
         if summary is not None:
             nominal = summary()

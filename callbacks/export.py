@@ -70,6 +70,8 @@ def write_card(
             "seed": datamodule.seed,
             "noise": datamodule.noise_summary(),
         }
+        if (subset := getattr(datamodule, "subset_info", None)) is not None:
+            card["data"]["subset"] = subset
     card["metrics"] = {
         name: float(value)
         for name, value in metrics.items()

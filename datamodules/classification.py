@@ -15,6 +15,7 @@ from datamodules.formats import ClassificationFormat, LabelNoise
 from datamodules.noise import AsymmetricLabelNoise, SymmetricLabelNoise
 from datamodules.pipeline import EpochLoader, ShardStream
 from datamodules.shards import ShardSpec, ShardSpecError, read_info
+from datamodules.subset import TrainingSubset
 
 STAGE_SPLITS = {"fit": ("val",), "validate": ("val",), "test": ("test",)}  # evaluation sets
 
@@ -36,6 +37,11 @@ class ClassificationDataModule(ShardDataModule):
         train_views: Training views cached when a frozen backbone's features are cached: 1 uses
             the evaluation transform (no augmentation, as CLIP_benchmark's linear probe); K >= 2
             caches K passes with the training augmentation, one drawn per sample and step.
+        train_fraction: Train on this fraction of the training set (the paper's "various
+            percentages of data"): the same samples for every backbone and noise ratio, nested
+            across fractions (see ``datamodules/subset.py``). Needs cached features.
+        shots_per_class: Train on k samples per class (the official ``--num-shots``), chosen
+            by their clean labels, nested across k. Needs cached features.
         **kwargs: Shard, loader and transform options of :class:`ShardDataModule`.
     """
 
@@ -50,6 +56,8 @@ class ClassificationDataModule(ShardDataModule):
         noise_transitions: str | None = None,
         label_key: str = "cls",
         train_views: int = 1,
+        train_fraction: float = 1.0,
+        shots_per_class: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -59,6 +67,8 @@ class ClassificationDataModule(ShardDataModule):
         self.label_key = label_key
         self.train_views = train_views
         self.cached: dict[str, Any] | None = None
+        self.subset = TrainingSubset(train_fraction, shots_per_class, self.seed)
+        self.subset_info: dict[str, Any] | None = None
         self.class_names: list[str] | None = None
         self.noise = make_label_noise(
             label_noise,
@@ -131,6 +141,11 @@ class ClassificationDataModule(ShardDataModule):
         """From now on serve feature rows instead of images: the training views with this
         DataModule's label noise (two views per row with ``two_views``), each evaluation set
         once, in order."""
+        if train_views and not self.subset.everything:
+            first = train_views[0]
+            kept = self.subset.select(first.keys, first.clean_labels.tolist())
+            self.subset_info = self.subset.summary(len(kept), len(first.keys))
+            train_views = [view.take(kept) for view in train_views]
         train = TrainingFeatures(train_views, self.noise, two_views) if train_views else None
         self.cached = {
             "train": train,
@@ -156,6 +171,17 @@ class ClassificationDataModule(ShardDataModule):
 
     def noise_summary(self) -> dict[str, Any]:
         return noise_summary(self.noise)
+
+    def check_before_training(
+        self, stage: str, world_size: int, streams_training: bool = True
+    ) -> None:
+        if stage == "fit" and streams_training and not self.subset.everything:
+            raise ConfigError(
+                "data.train_fraction and data.shots_per_class choose from the whole training set, "
+                "which a streamed training pass never holds: use a frozen method (lp, mlp, "
+                "nmtune) with model.cache_features: true, or write the subset to shards"
+            )
+        super().check_before_training(stage, world_size, streams_training)
 
     def check_shards(self, spec: ShardSpec) -> None:
         info = read_info(spec.urls)

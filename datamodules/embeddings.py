@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from datamodules.classification import make_label_noise, noise_summary
 from datamodules.errors import ConfigError
 from datamodules.features import EvaluationFeatures, FeatureRows, TrainingFeatures
+from datamodules.subset import TrainingSubset
 
 
 def load_embeddings(path: str, option: str) -> FeatureRows:
@@ -56,7 +57,9 @@ class EmbeddingDataModule(L.LightningDataModule):
         noise_ratio: Probability that a training label is corrupted.
         noise_include_true_class: Symmetric noise over all classes (official code).
         noise_transitions: ``cifar10`` or a JSON file, for asymmetric noise.
-        seed: Seed of the label noise.
+        seed: Seed of the label noise and of the training subset.
+        train_fraction: Train on this fraction of the rows (see ``datamodules/subset.py``).
+        shots_per_class: Train on k rows per class.
         batch_size: Rows per training batch on each rank.
         eval_batch_size: Rows per evaluation batch (default ``batch_size``).
     """
@@ -72,6 +75,8 @@ class EmbeddingDataModule(L.LightningDataModule):
         noise_include_true_class: bool = False,
         noise_transitions: str | None = None,
         seed: int = 0,
+        train_fraction: float = 1.0,
+        shots_per_class: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
     ) -> None:
@@ -90,6 +95,8 @@ class EmbeddingDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.rows: dict[str, dict[str, FeatureRows]] = {}
         self.train_spec = None
+        self.subset = TrainingSubset(train_fraction, shots_per_class, seed)
+        self.subset_info: dict[str, Any] | None = None
 
     @property
     def embedding_dim(self) -> int:
@@ -129,7 +136,12 @@ class EmbeddingDataModule(L.LightningDataModule):
                     )
 
     def train_dataloader(self) -> DataLoader:
-        rows = TrainingFeatures([self.rows["train"]["train"]], self.noise, two_views=False)
+        train = self.rows["train"]["train"]
+        if not self.subset.everything:
+            kept = self.subset.select(train.keys, train.clean_labels.tolist())
+            self.subset_info = self.subset.summary(len(kept), len(train.keys))
+            train = train.take(kept)
+        rows = TrainingFeatures([train], self.noise, two_views=False)
         return DataLoader(rows, self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> list[DataLoader]:

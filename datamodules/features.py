@@ -28,6 +28,13 @@ class FeatureRows:
     keys: list[str]
     clean_labels: torch.Tensor
 
+    def take(self, indices: list[int]) -> FeatureRows:
+        """The rows at ``indices``, in that order."""
+        index = torch.tensor(indices, dtype=torch.long)
+        return FeatureRows(
+            self.features[index], [self.keys[i] for i in indices], self.clean_labels[index]
+        )
+
     @classmethod
     def cat(cls, parts: list[FeatureRows]) -> FeatureRows:
         return cls(

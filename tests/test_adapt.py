@@ -312,3 +312,41 @@ def test_quickstart_adaptations_run_through_train_py(
     for name in sets:
         for key in (f"val/{name}/acc", f"val/{name}/f1", f"spectrum/{name}/{spectrum}"):
             assert 0 <= metrics[key] < float("inf"), key
+
+
+def test_a_training_subset_is_recorded_and_refused_where_training_streams(
+    resnet_card, builtin_root, tiny_fashion_mnist, tmp_path
+):
+    """``shots_per_class`` on cached features trains on k per class and writes it in the card;
+    FT streams its training images, so a subset stops it before training, in one line."""
+    common = [
+        "--trainer.max_epochs=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_checkpointing=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--model.init_args.backbone.card={resnet_card}",
+        f"--model.init_args.cache_dir={tmp_path / 'cache'}",
+        f"--data.init_args.builtin_root={builtin_root}",
+        f"--data.init_args.builtin_source={tiny_fashion_mnist}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=4",
+    ]
+    result = run_train(
+        "fit", "--config=quickstart/lp_id.yaml", "--data.init_args.shots_per_class=2", *common
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (card_path,) = tmp_path.glob("*/version_0/export/card.json")
+    subset = json.loads(card_path.read_text())["data"]["subset"]
+    assert subset["shots_per_class"] == 2 and subset["kept"] == 2 * 10 < subset["of"]
+
+    refused = run_train(
+        "fit", "--config=quickstart/ft.yaml", "--data.init_args.train_fraction=0.5", *common
+    )
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: data.train_fraction and data.shots_per_class choose from the whole training set"
+        )
+    )

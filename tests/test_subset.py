@@ -1,0 +1,68 @@
+"""Training subsets (data fraction, k shots per class): exact, nested, keyed by the seed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules.embeddings import EmbeddingDataModule
+from datamodules.errors import ConfigError
+from datamodules.subset import TrainingSubset
+
+KEYS = [f"sample-{i:04d}" for i in range(1000)]
+LABELS = [i % 10 for i in range(1000)]
+
+
+def test_fractions_keep_an_exact_count_and_are_nested() -> None:
+    kept = {f: set(TrainingSubset(fraction=f).select(KEYS, LABELS)) for f in (0.05, 0.1, 0.5)}
+    assert [len(kept[f]) for f in (0.05, 0.1, 0.5)] == [50, 100, 500]
+    assert kept[0.05] < kept[0.1] < kept[0.5]
+    labels_kept = {LABELS[i] for i in kept[0.1]}
+    assert len(labels_kept) == 10  # a keyed draw, not the first 100 rows (one class each)
+
+
+def test_subsets_follow_keys_and_seed_not_row_order() -> None:
+    order = list(reversed(range(1000)))
+    subset = TrainingSubset(fraction=0.1, seed=3)
+    straight = {KEYS[i] for i in subset.select(KEYS, LABELS)}
+    reversed_keys = [KEYS[i] for i in order]
+    shuffled = {reversed_keys[i] for i in subset.select(reversed_keys, [LABELS[i] for i in order])}
+    assert straight == shuffled
+    other_seed = {KEYS[i] for i in TrainingSubset(fraction=0.1, seed=4).select(KEYS, LABELS)}
+    assert other_seed != straight
+
+
+def test_shots_per_class_are_k_per_class_nested_and_whole_small_classes() -> None:
+    labels = LABELS[:-97] + [10] * 97  # class 10 has 97 samples, the others about 90
+    labels[:3] = [11, 11, 11]  # class 11 has 3
+    four = TrainingSubset(shots_per_class=4).select(KEYS, labels)
+    eight = TrainingSubset(shots_per_class=8).select(KEYS, labels)
+    counts = torch.bincount(torch.tensor([labels[i] for i in four]))
+    assert counts.tolist() == [4] * 11 + [3]
+    assert set(four) < set(eight) and four == sorted(four)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"fraction": 0.0}, r"train_fraction must be in \(0, 1\]"),
+        ({"fraction": 1.5}, r"train_fraction must be in \(0, 1\]"),
+        ({"shots_per_class": 0}, "shots_per_class must be a positive integer"),
+        ({"fraction": 0.5, "shots_per_class": 4}, "set one"),
+    ],
+)
+def test_bad_subset_options_are_config_errors(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainingSubset(**options)
+
+
+def test_embeddings_train_on_the_subset_and_record_it(tmp_path) -> None:
+    features = torch.randn(200, 6)
+    torch.save({"features": features, "labels": torch.arange(200) % 4}, tmp_path / "train.pt")
+    data = EmbeddingDataModule(
+        train=str(tmp_path / "train.pt"), num_classes=4, shots_per_class=5, batch_size=4
+    )
+    data.setup("fit")
+    rows = [row for batch in data.train_dataloader() for row in batch["clean_label"].tolist()]
+    assert sorted(rows) == sorted([0, 1, 2, 3] * 5)
+    assert data.subset_info == {"train_fraction": 1.0, "shots_per_class": 5, "kept": 20, "of": 200}
