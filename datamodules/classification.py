@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,10 @@ class ClassificationDataModule(ShardDataModule):
             across fractions (see ``datamodules/subset.py``). Needs cached features.
         shots_per_class: Train on k samples per class (the official ``--num-shots``), chosen
             by their clean labels, nested across k. Needs cached features.
+        class_subsets: Evaluation sets scored on a subset of the classes, ``{set name: class
+            indices}`` (a list, or a file of indices: a JSON list or one per line), e.g.
+            ImageNet-A and ImageNet-R on their 200 classes as the official code does: only
+            those logits compete, labels keep their full-space indices.
         **kwargs: Shard, loader and transform options of :class:`ShardDataModule`.
     """
 
@@ -58,6 +63,7 @@ class ClassificationDataModule(ShardDataModule):
         train_views: int = 1,
         train_fraction: float = 1.0,
         shots_per_class: int | None = None,
+        class_subsets: dict[str, list[int] | str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -69,6 +75,8 @@ class ClassificationDataModule(ShardDataModule):
         self.cached: dict[str, Any] | None = None
         self.subset = TrainingSubset(train_fraction, shots_per_class, self.seed)
         self.subset_info: dict[str, Any] | None = None
+        self.class_subset_options = class_subsets or {}
+        self.class_subsets: dict[str, list[int]] = {}  # read in setup, before training
         self.class_names: list[str] | None = None
         self.noise = make_label_noise(
             label_noise,
@@ -172,6 +180,19 @@ class ClassificationDataModule(ShardDataModule):
     def noise_summary(self) -> dict[str, Any]:
         return noise_summary(self.noise)
 
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        names = set(self.eval_names("val")) | set(self.eval_names("test"))
+        self.class_subsets = {
+            name: read_class_subset(value, self.num_classes, f"data.class_subsets.{name}")
+            for name, value in self.class_subset_options.items()
+        }
+        if unknown := sorted(set(self.class_subsets) - names):
+            raise ConfigError(
+                f"data.class_subsets names {unknown}, which are not evaluation sets; the sets "
+                f"are {sorted(names)}"
+            )
+
     def check_before_training(
         self, stage: str, world_size: int, streams_training: bool = True
     ) -> None:
@@ -192,6 +213,33 @@ class ClassificationDataModule(ShardDataModule):
                 f"{declared} classes in its _info.json; set num_classes: {declared}"
             )
         self.class_names = info.get("class_names", self.class_names)
+
+
+def read_class_subset(value: list[int] | str, num_classes: int, option: str) -> list[int]:
+    """Class indices from a list or a file (a JSON list, or whitespace-separated integers);
+    they must be distinct, at least two, and in ``[0, num_classes)``."""
+    if isinstance(value, str):
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(f"{option}: class subset file not found: {path}")
+        text = path.read_text()
+        try:
+            value = json.loads(text) if text.lstrip().startswith("[") else text.split()
+            classes = [int(index) for index in value]
+        except ValueError:
+            raise ConfigError(
+                f"{option}: {path} must hold class indices (a JSON list or one per line)"
+            ) from None
+    else:
+        classes = [int(index) for index in value]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ConfigError(f"{option}: needs at least two distinct class indices")
+    if min(classes) < 0 or max(classes) >= num_classes:
+        raise ConfigError(
+            f"{option}: indices span [{min(classes)}, {max(classes)}] but num_classes is "
+            f"{num_classes}"
+        )
+    return classes
 
 
 def noise_summary(noise: LabelNoise | None) -> dict[str, Any]:

@@ -230,8 +230,9 @@ class Adaptation(NoisyTrainingModule):
                 barrier=lambda: self.trainer.strategy.barrier("feature cache"),
                 two_views=self.two_views,
             )
+        subsets = getattr(datamodule, "class_subsets", {})
         for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
-            self.classifier.add_evaluation_set(name)
+            self.classifier.add_evaluation_set(name, subsets.get(name))
 
     def _two_view_data(self, datamodule: Any) -> None:
         """Cached features: two of the ``data.train_views`` views per row. Images: the training

@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from datamodules.pipeline import DataQualityError
 from lightning_modules.base import ParameterGroup
 
 
@@ -35,8 +36,9 @@ class ClassifierHead(Protocol):
     def parameter_groups(self) -> list[ParameterGroup]:
         """The head's parameters for the optimiser, with their own weight decay if any."""
 
-    def add_evaluation_set(self, name: str) -> None:
-        """Create the metrics of the evaluation set ``name``."""
+    def add_evaluation_set(self, name: str, classes: Sequence[int] | None = None) -> None:
+        """Create the metrics of the evaluation set ``name``, scored on ``classes`` only when
+        given (see :class:`ClassSubset`)."""
 
     def update(self, name: str, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Score one batch of the set ``name``."""
@@ -47,6 +49,56 @@ class ClassifierHead(Protocol):
 
     def card(self) -> dict[str, Any]:
         """What the export card records about the head beyond its weights."""
+
+
+class ClassSubset(nn.Module):
+    """Score a set on a subset of the classes, as the official ``project_logits`` and
+    ``project_labels`` do for ImageNet-A and ImageNet-R (200 of the 1000 classes): the logits of
+    those columns only, ``logits[:, classes]``, and each label renumbered to its position in
+    ``classes``. A label outside the subset is a data mistake and stops the run.
+
+    Args:
+        classes: The class indices kept, in the order of the new numbering.
+        num_classes: Size of the full label space.
+        name: The evaluation set (for the error message).
+    """
+
+    def __init__(self, classes: Sequence[int], num_classes: int, name: str) -> None:
+        super().__init__()
+        position = torch.full((num_classes,), -1, dtype=torch.long)
+        position[torch.tensor(list(classes))] = torch.arange(len(classes))
+        self.register_buffer("columns", torch.tensor(list(classes)), persistent=False)
+        self.register_buffer("position", position, persistent=False)
+        self.name = name
+
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        projected = self.position[labels]
+        if (projected < 0).any():
+            outside = sorted(set(labels[projected < 0].tolist()))[:5]
+            raise DataQualityError(
+                f"evaluation set {self.name!r} has labels {outside} outside its class subset "
+                "(data.class_subsets); fix the subset or the set's labels"
+            )
+        return logits[:, self.columns], projected
+
+
+class ScoredSet(nn.Module):
+    """One evaluation set's metrics, over a class subset when it has one."""
+
+    def __init__(self, name: str, num_classes: int, classes: Sequence[int] | None) -> None:
+        super().__init__()
+        self.subset = None if classes is None else ClassSubset(classes, num_classes, name)
+        self.metrics = classification_metrics(num_classes if classes is None else len(classes))
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.subset is not None:
+            logits, labels = self.subset(logits, labels)
+        update_classification(self.metrics, logits, labels)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return compute_and_reset(self.metrics)
 
 
 def classification_metrics(num_classes: int) -> nn.ModuleDict:
@@ -109,17 +161,17 @@ class LinearClassifier(nn.Linear):
     def parameter_groups(self) -> list[ParameterGroup]:
         return [ParameterGroup(self)]
 
-    def add_evaluation_set(self, name: str) -> None:
-        self.metrics[name] = classification_metrics(self.num_classes)
+    def add_evaluation_set(self, name: str, classes: Sequence[int] | None = None) -> None:
+        self.metrics[name] = ScoredSet(name, self.num_classes, classes)
 
     def update(self, name: str, features: torch.Tensor, labels: torch.Tensor) -> None:
-        update_classification(self.metrics[name], self(features), labels)
+        self.metrics[name].update(self(features), labels)
 
     def compute(self, names: Sequence[str], selection_set: str | None) -> dict[str, float]:
         return {
             f"{name}/{key}": float(value)
             for name in names
-            for key, value in compute_and_reset(self.metrics[name]).items()
+            for key, value in self.metrics[name].compute().items()
         }
 
     def card(self) -> dict[str, Any]:

@@ -21,11 +21,7 @@ from torch import nn
 
 from datamodules.errors import ConfigError
 from lightning_modules.base import ParameterGroup
-from lightning_modules.classifier import (
-    classification_metrics,
-    compute_and_reset,
-    update_classification,
-)
+from lightning_modules.classifier import ScoredSet
 
 
 def weight_decay_label(weight_decay: float) -> str:
@@ -84,15 +80,16 @@ class WeightDecaySweep(nn.Module):
         ]
 
     # --- evaluation -----------------------------------------------------------------------
-    def add_evaluation_set(self, name: str) -> None:
-        """Accuracy, macro F1 and mean cross-entropy of every head on the set ``name``."""
+    def add_evaluation_set(self, name: str, classes: Sequence[int] | None = None) -> None:
+        """Accuracy, macro F1 and mean cross-entropy of every head on the set ``name`` (over
+        ``classes`` only, when given)."""
         self.metrics[name] = nn.ModuleList(
-            classification_metrics(self.num_classes) for _ in self.heads
+            ScoredSet(name, self.num_classes, classes) for _ in self.heads
         )
 
     def update(self, name: str, features: torch.Tensor, labels: torch.Tensor) -> None:
-        for head, metrics in zip(self.heads, self.metrics[name], strict=True):
-            update_classification(metrics, head(features), labels)
+        for head, scored in zip(self.heads, self.metrics[name], strict=True):
+            scored.update(head(features), labels)
 
     def compute(self, names: Sequence[str], selection_set: str | None) -> dict[str, float]:
         """Every head's metrics on ``names`` (synced across ranks by torchmetrics), then reset.
@@ -101,10 +98,7 @@ class WeightDecaySweep(nn.Module):
         Returns ``<set>/<metric>`` for the selected head, ``<set>/acc_wd_<value>`` for each
         head, and ``selected_weight_decay``.
         """
-        values = {
-            name: [compute_and_reset(head_metrics) for head_metrics in self.metrics[name]]
-            for name in names
-        }
+        values = {name: [scored.compute() for scored in self.metrics[name]] for name in names}
         if selection_set is not None:
             accuracies = torch.stack([head["acc"] for head in values[selection_set]])
             self.selected.fill_(int(torch.argmax(accuracies)))

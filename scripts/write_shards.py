@@ -83,28 +83,57 @@ def sample_key(relative: Path) -> str:
     return "/".join(relative.with_suffix("").parts).replace(".", "_")
 
 
-def list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted sub-folders, hidden ones such as .ipynb_checkpoints left out) and
-    every file below them with its class index."""
+def class_folders(root: Path) -> list[str]:
+    """Sorted sub-folder names, hidden ones such as .ipynb_checkpoints left out."""
     if not root.is_dir():
         raise InputError(f"image folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"no class sub-folders in {root}; expected ROOT/<class_name>/<images>")
+    return classes
+
+
+def label_space(source: Path) -> list[str]:
+    """The class names of a full label space: an ``_info.json``'s ``class_names``, or the
+    sorted class sub-folders of a folder tree (e.g. ImageNet's train folder)."""
+    if source.is_file():
+        names = json.loads(source.read_text()).get("class_names")
+        if not names:
+            raise InputError(f"{source} has no class_names to index the classes by")
+        return list(names)
+    return class_folders(source)
+
+
+def list_folder(
+    root: Path, space: list[str] | None = None
+) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names and every file below them with its class index: the index in ``space``
+    when given (every class folder must be in it), else in the sorted folder names."""
+    classes = class_folders(root)
+    index = {name: i for i, name in enumerate(space or classes)}
+    if missing := [name for name in classes if name not in index]:
+        raise InputError(
+            f"class folders {missing[:5]} of {root} are not in the label space given by "
+            "--class-names-from"
+        )
     files = [
-        (path, label)
-        for label, name in enumerate(classes)
+        (path, index[name])
+        for name in classes
         for path in sorted((root / name).rglob("*"))
         if path.is_file()
     ]
     return classes, files
 
 
-def folder_samples(root: str | Path, seed: int = 0, shuffle: bool = True) -> Source:
+def folder_samples(
+    root: str | Path, seed: int = 0, shuffle: bool = True, space: list[str] | None = None
+) -> Source:
     """Classification samples from an image-folder tree, shuffled with ``seed`` unless told not
-    to: class-sorted shards would leave the training shard shuffle with single-class shards."""
+    to: class-sorted shards would leave the training shard shuffle with single-class shards.
+    With a label ``space`` (e.g. ImageNet-A's 200 class folders indexed by ImageNet's 1000),
+    labels are indices into it and ``info["class_subset"]`` lists the indices present."""
     root = Path(root)
-    classes, files = list_folder(root)
+    classes, files = list_folder(root, space)
     readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
     keyed, used = [], set()
     for path, label in files:
@@ -130,7 +159,13 @@ def folder_samples(root: str | Path, seed: int = 0, shuffle: bool = True) -> Sou
                 continue
             yield {"__key__": key, ext: data, "cls": str(label)}
 
-    info = {"num_classes": len(classes), "class_names": classes}
+    info: dict[str, Any] = {"num_classes": len(classes), "class_names": classes}
+    if space is not None:
+        info = {
+            "num_classes": len(space),
+            "class_names": space,
+            "class_subset": sorted(space.index(name) for name in classes),
+        }
     return Source(samples(), len(keyed), info)
 
 
@@ -236,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the sample shuffle (default: 0)"
     )
     folder.add_argument(
+        "--class-names-from",
+        type=Path,
+        metavar="SPACE",
+        help="index the classes by a larger label space: an _info.json with class_names or a "
+        "folder tree (e.g. ImageNet's train folder, for ImageNet-A/-R's 200 class folders); "
+        "writes OUT_DIR/<split>_class_subset.json for data.class_subsets",
+    )
+    folder.add_argument(
         "--no-shuffle",
         dest="shuffle",
         action="store_false",
@@ -270,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--samples-per-shard must be positive, got {args.samples_per_shard}")
     try:
         if args.command == "folder":
-            source = folder_samples(args.root, args.seed, args.shuffle)
+            space = label_space(args.class_names_from) if args.class_names_from else None
+            source = folder_samples(args.root, args.seed, args.shuffle, space)
         else:
             source = csv_samples(args.csv, args.image_root, args.path_column, args.caption_column)
         prepare_out_dir(args.out_dir, args.split, source.info, args.overwrite)
@@ -280,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # input errors should not wait for.
     from datamodules.writer import write_split
 
+    class_subset = source.info.pop("class_subset", None)
     summary = write_split(
         source.samples,
         args.out_dir,
@@ -297,6 +342,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"use: {option}: {summary.spec(args.out_dir)}")
     if "num_classes" in source.info:
         print(f"use: data.num_classes: {source.info['num_classes']}")
+    if class_subset is not None:  # per split, so not in the shared _info.json
+        subset_file = args.out_dir / f"{args.split}_class_subset.json"
+        subset_file.write_text(json.dumps(class_subset))
+        print(f"use: data.class_subsets: {{<set name>: {subset_file}}}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Training subsets (data fraction, k shots per class): exact, nested, keyed by the seed."""
+"""Subsets: of the training data (fraction, k shots per class: exact, nested, keyed by the
+seed) and of the classes an evaluation set is scored on."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from datamodules.classification import ClassificationDataModule, read_class_subset
 from datamodules.embeddings import EmbeddingDataModule
 from datamodules.errors import ConfigError
 from datamodules.subset import TrainingSubset
@@ -66,3 +68,35 @@ def test_embeddings_train_on_the_subset_and_record_it(tmp_path) -> None:
     rows = [row for batch in data.train_dataloader() for row in batch["clean_label"].tolist()]
     assert sorted(rows) == sorted([0, 1, 2, 3] * 5)
     assert data.subset_info == {"train_fraction": 1.0, "shots_per_class": 5, "kept": 20, "of": 200}
+
+
+def test_class_subsets_come_from_lists_or_files_and_name_real_sets(make_shards, tmp_path) -> None:
+    spec = make_shards([80])
+    (tmp_path / "a.json").write_text("[1, 4, 6]")
+    (tmp_path / "r.txt").write_text("2\n3\n")
+    data = ClassificationDataModule(
+        num_classes=10,
+        train_shards=spec,
+        test_shards={"in1k_a": spec, "in1k_r": spec, "in1k_v2": spec},
+        class_subsets={"in1k_a": str(tmp_path / "a.json"), "in1k_r": str(tmp_path / "r.txt")},
+    )
+    data.setup("fit")
+    assert data.class_subsets == {"in1k_a": [1, 4, 6], "in1k_r": [2, 3]}
+    typo = ClassificationDataModule(
+        num_classes=10, train_shards=spec, test_shards={"in1k_a": spec}, class_subsets={"a": [1, 2]}
+    )
+    with pytest.raises(ConfigError, match=r"names \['a'\], which are not evaluation sets"):
+        typo.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([1, 10], r"indices span \[1, 10\] but num_classes is 10"),
+        ([3, 3], "at least two distinct"),
+        ("missing.json", "class subset file not found"),
+    ],
+)
+def test_bad_class_subsets_are_config_errors(value, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        read_class_subset(value, 10, "data.class_subsets.in1k_a")

@@ -275,3 +275,25 @@ def test_help_shows_usage() -> None:
     assert result.returncode == 0
     assert "python scripts/write_shards.py folder" in result.stdout
     assert "python scripts/write_shards.py csv" in result.stdout
+
+
+def test_a_subset_of_classes_keeps_the_full_label_space(image_folder, tmp_path, capsys) -> None:
+    """ImageNet-A's way: its class folders indexed by the full space's sorted folders, the
+    subset written for data.class_subsets; a folder outside the space is refused."""
+    root, labels, _ = image_folder
+    space = tmp_path / "space"
+    for name in ("ant", "cat", "cow", "dog", "zebra"):
+        (space / name).mkdir(parents=True)
+    out = tmp_path / "subset_shards"
+    main(["folder", str(root), str(out), "--split", "test", "--class-names-from", str(space)])
+    printed = capsys.readouterr().out
+    assert f"use: data.class_subsets: {{<set name>: {out / 'test_class_subset.json'}}}" in printed
+    assert json.loads((out / "test_class_subset.json").read_text()) == [1, 3, 4]
+    info = json.loads((out / "_info.json").read_text())
+    assert info["num_classes"] == 5 and "class_subset" not in info
+    cls = {key: int(sample["cls"]) for key, sample in raw_samples(spec_from(printed)).items()}
+    assert cls == {key: 1 if label == 0 else 3 for key, label in labels.items()}
+
+    (space / "dog").rmdir()
+    result = run_cli("folder", root, tmp_path / "other", "--class-names-from", space)
+    assert result.returncode != 0 and "class folders ['dog']" in result.stderr
