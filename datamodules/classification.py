@@ -34,6 +34,9 @@ class ClassificationDataModule(ShardDataModule):
             official NMTune code's convention (realised rate ``ratio * (K-1)/K``).
         noise_transitions: For asymmetric noise: ``cifar10`` or a JSON file mapping source
             class to target class, e.g. ``{"3": 5, "5": 3}``.
+        noise_exact_count: Symmetric noise on exactly ``ceil(noise_ratio * N)`` training
+            samples (those with the smallest keyed flip uniform), the count of the official
+            ``sample_noise_data``, instead of each sample independently. Needs cached features.
         label_key: File extension of the label inside the shards.
         train_views: Training views cached when a frozen backbone's features are cached: 1 uses
             the evaluation transform (no augmentation, as CLIP_benchmark's linear probe); K >= 2
@@ -59,6 +62,7 @@ class ClassificationDataModule(ShardDataModule):
         noise_ratio: float = 0.0,
         noise_include_true_class: bool = False,
         noise_transitions: str | None = None,
+        noise_exact_count: bool = False,
         label_key: str = "cls",
         train_views: int = 1,
         train_fraction: float = 1.0,
@@ -86,6 +90,9 @@ class ClassificationDataModule(ShardDataModule):
             noise_include_true_class,
             noise_transitions,
         )
+        if noise_exact_count and not isinstance(self.noise, SymmetricLabelNoise):
+            raise ConfigError("data.noise_exact_count is for label_noise: symmetric")
+        self.noise_exact_count = noise_exact_count
 
     def sample_format(self, training: bool, noisy: bool | None = None) -> ClassificationFormat:
         """Augmented and noisy for training; ``noisy=False`` gives clean labels (caching)."""
@@ -154,7 +161,10 @@ class ClassificationDataModule(ShardDataModule):
             kept = self.subset.select(first.keys, first.clean_labels.tolist())
             self.subset_info = self.subset.summary(len(kept), len(first.keys))
             train_views = [view.take(kept) for view in train_views]
-        train = TrainingFeatures(train_views, self.noise, two_views) if train_views else None
+        noise = self.noise
+        if train_views and self.noise_exact_count:  # counted on the (subset) training rows
+            noise = self.noise.exact_count(train_views[0].keys)
+        train = TrainingFeatures(train_views, noise, two_views) if train_views else None
         self.cached = {
             "train": train,
             **{
@@ -178,7 +188,7 @@ class ClassificationDataModule(ShardDataModule):
         return [DataLoader(rows, self.eval_batch_size) for rows in self.cached[split].values()]
 
     def noise_summary(self) -> dict[str, Any]:
-        return noise_summary(self.noise)
+        return noise_summary(self.noise, self.noise_exact_count)
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
@@ -201,6 +211,12 @@ class ClassificationDataModule(ShardDataModule):
                 "data.train_fraction and data.shots_per_class choose from the whole training set, "
                 "which a streamed training pass never holds: use a frozen method (lp, mlp, "
                 "nmtune) with model.cache_features: true, or write the subset to shards"
+            )
+        if stage == "fit" and streams_training and self.noise_exact_count:
+            raise ConfigError(
+                "data.noise_exact_count counts over the whole training set, which a streamed "
+                "training pass never holds: use a frozen method (lp, mlp, nmtune) with "
+                "model.cache_features: true, or per-sample noise (noise_exact_count: false)"
             )
         super().check_before_training(stage, world_size, streams_training)
 
@@ -242,7 +258,7 @@ def read_class_subset(value: list[int] | str, num_classes: int, option: str) -> 
     return classes
 
 
-def noise_summary(noise: LabelNoise | None) -> dict[str, Any]:
+def noise_summary(noise: LabelNoise | None, exact_count: bool = False) -> dict[str, Any]:
     """Type, nominal ratio and expected realised rate of a label noise (for logs and cards)."""
     if noise is None:
         return {"type": "none", "ratio": 0.0, "expected_rate": 0.0}
@@ -251,6 +267,7 @@ def noise_summary(noise: LabelNoise | None) -> dict[str, Any]:
         "type": kind,
         "ratio": noise.ratio,
         "expected_rate": getattr(noise, "expected_rate", noise.ratio),
+        **({"exact_count": True} if exact_count else {}),
     }
 
 

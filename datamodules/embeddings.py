@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from datamodules.classification import make_label_noise, noise_summary
 from datamodules.errors import ConfigError
 from datamodules.features import EvaluationFeatures, FeatureRows, TrainingFeatures
+from datamodules.noise import SymmetricLabelNoise
 from datamodules.subset import TrainingSubset
 
 
@@ -57,6 +58,8 @@ class EmbeddingDataModule(L.LightningDataModule):
         noise_ratio: Probability that a training label is corrupted.
         noise_include_true_class: Symmetric noise over all classes (official code).
         noise_transitions: ``cifar10`` or a JSON file, for asymmetric noise.
+        noise_exact_count: Symmetric noise on exactly ``ceil(noise_ratio * N)`` training rows
+            (the official ``sample_noise_data``'s count).
         seed: Seed of the label noise and of the training subset.
         train_fraction: Train on this fraction of the rows (see ``datamodules/subset.py``).
         shots_per_class: Train on k rows per class.
@@ -74,6 +77,7 @@ class EmbeddingDataModule(L.LightningDataModule):
         noise_ratio: float = 0.0,
         noise_include_true_class: bool = False,
         noise_transitions: str | None = None,
+        noise_exact_count: bool = False,
         seed: int = 0,
         train_fraction: float = 1.0,
         shots_per_class: int | None = None,
@@ -91,6 +95,9 @@ class EmbeddingDataModule(L.LightningDataModule):
         self.noise = make_label_noise(
             label_noise, noise_ratio, num_classes, seed, noise_include_true_class, noise_transitions
         )
+        if noise_exact_count and not isinstance(self.noise, SymmetricLabelNoise):
+            raise ConfigError("data.noise_exact_count is for label_noise: symmetric")
+        self.noise_exact_count = noise_exact_count
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.rows: dict[str, dict[str, FeatureRows]] = {}
@@ -106,7 +113,7 @@ class EmbeddingDataModule(L.LightningDataModule):
         return list(self.files[split])
 
     def noise_summary(self) -> dict[str, Any]:
-        return noise_summary(self.noise)
+        return noise_summary(self.noise, self.noise_exact_count)
 
     def setup(self, stage: str | None = None) -> None:
         self.rows = {
@@ -141,7 +148,8 @@ class EmbeddingDataModule(L.LightningDataModule):
             kept = self.subset.select(train.keys, train.clean_labels.tolist())
             self.subset_info = self.subset.summary(len(kept), len(train.keys))
             train = train.take(kept)
-        rows = TrainingFeatures([train], self.noise, two_views=False)
+        noise = self.noise.exact_count(train.keys) if self.noise_exact_count else self.noise
+        rows = TrainingFeatures([train], noise, two_views=False)
         return DataLoader(rows, self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> list[DataLoader]:

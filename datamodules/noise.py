@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,16 @@ class SymmetricLabelNoise:
     ``noisy = u_flip(seed, key) < ratio``; ``new = (y + 1 + floor(u_label * (K - 1))) mod K``,
     which is uniform over the ``K - 1`` wrong classes. With ``include_true_class`` the new
     label is ``floor(u_label * K)`` (uniform over all classes, the official code's convention).
+    With ``selected`` (see :meth:`exact_count`) exactly those keys are flipped instead.
     """
 
     def __init__(
-        self, ratio: float, num_classes: int, seed: int = 0, include_true_class: bool = False
+        self,
+        ratio: float,
+        num_classes: int,
+        seed: int = 0,
+        include_true_class: bool = False,
+        selected: frozenset[str] | None = None,
     ) -> None:
         _check_ratio(ratio)
         if num_classes < 2:
@@ -65,6 +72,18 @@ class SymmetricLabelNoise:
         self.num_classes = num_classes
         self.seed = seed
         self.include_true_class = include_true_class
+        self.selected = selected
+
+    def exact_count(self, keys: Sequence[str]) -> SymmetricLabelNoise:
+        """The same noise on exactly ``ceil(ratio * N)`` of the ``N`` keys, those with the
+        smallest ``u_flip(seed, key)`` (so still nested across ratios): the count of the
+        official ``sample_noise_data``, which relabels the first ``i < ratio * N`` samples of a
+        random permutation."""
+        count = math.ceil(self.ratio * len(keys))
+        chosen = sorted(keys, key=lambda key: keyed_uniform(self.seed, key, "flip"))[:count]
+        return SymmetricLabelNoise(
+            self.ratio, self.num_classes, self.seed, self.include_true_class, frozenset(chosen)
+        )
 
     @property
     def expected_rate(self) -> float:
@@ -74,7 +93,10 @@ class SymmetricLabelNoise:
         return self.ratio
 
     def __call__(self, key: str, label: int) -> tuple[int, bool]:
-        if self.ratio == 0.0 or keyed_uniform(self.seed, key, "flip") >= self.ratio:
+        if self.selected is not None:
+            if key not in self.selected:
+                return label, False
+        elif self.ratio == 0.0 or keyed_uniform(self.seed, key, "flip") >= self.ratio:
             return label, False
         draw = keyed_uniform(self.seed, key, "label")
         if self.include_true_class:

@@ -1,9 +1,10 @@
 """Deterministic training subsets: a fraction of the data, or k shots per class.
 
-The paper adapts with "various percentages of data" (Fig. 3) and the official code takes
-``--num-shots``. Both subsets here are prefixes of one keyed order, so they are nested (the 5 %
-subset lies inside the 10 % one, the 4-shot inside the 8-shot) and depend only on the seed and
-the sample keys: the same in every run, rank, worker and resume.
+The paper adapts with "various percentages of data" (Fig. 3); the official code takes
+``--num-shots``, a per-class ratio, and has k-shot ImageNet samplers (``ImageNetK``). Both
+subsets here are, in every class, prefixes of one keyed order, so they are nested (the 5 % subset
+lies inside the 10 % one, the 4-shot inside the 8-shot) and depend only on the seed and the
+sample keys: the same in every run, rank, worker and resume.
 """
 
 from __future__ import annotations
@@ -51,18 +52,15 @@ class TrainingSubset:
         """Indices of the kept samples, in their original order."""
         if self.everything:
             return list(range(len(keys)))
-        if self.shots_per_class is None:
-            order = sorted(
-                range(len(keys)), key=lambda i: keyed_uniform(self.seed, keys[i], "subset")
-            )
-            return sorted(order[: int(self.fraction * len(keys))])
+        stream = "shots" if self.shots_per_class is not None else "subset"
         by_class: dict[int, list[int]] = {}
         for index, label in enumerate(labels):
             by_class.setdefault(int(label), []).append(index)
         kept = []
         for members in by_class.values():
-            members.sort(key=lambda i: keyed_uniform(self.seed, keys[i], "shots"))
-            kept += members[: self.shots_per_class]
+            members.sort(key=lambda i: keyed_uniform(self.seed, keys[i], stream))
+            count = self.shots_per_class or int(self.fraction * len(members))
+            kept += members[:count]
         return sorted(kept)
 
     def summary(self, kept: int, total: int) -> dict[str, float | int | None]:

@@ -317,8 +317,9 @@ def test_quickstart_adaptations_run_through_train_py(
 def test_a_training_subset_is_recorded_and_refused_where_training_streams(
     resnet_card, builtin_root, tiny_fashion_mnist, tmp_path
 ):
-    """``shots_per_class`` on cached features trains on k per class and writes it in the card;
-    FT streams its training images, so a subset stops it before training, in one line."""
+    """``shots_per_class`` on cached features trains on k per class and writes it in the card,
+    and the official exact-count noise then flips exactly half of those 20 labels; FT streams
+    its training images, so a subset stops it before training, in one line."""
     common = [
         "--trainer.max_epochs=1",
         "--trainer.num_sanity_val_steps=0",
@@ -331,13 +332,27 @@ def test_a_training_subset_is_recorded_and_refused_where_training_streams(
         "--data.init_args.num_workers=0",
         "--data.init_args.batch_size=4",
     ]
+    exact_noise = [
+        "--data.init_args.label_noise=symmetric",
+        "--data.init_args.noise_ratio=0.5",
+        "--data.init_args.noise_exact_count=true",
+    ]
     result = run_train(
-        "fit", "--config=quickstart/lp_id.yaml", "--data.init_args.shots_per_class=2", *common
+        "fit",
+        "--config=quickstart/lp_id.yaml",
+        "--data.init_args.shots_per_class=2",
+        *exact_noise,
+        *common,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (card_path,) = tmp_path.glob("*/version_0/export/card.json")
-    subset = json.loads(card_path.read_text())["data"]["subset"]
+    card = json.loads(card_path.read_text())
+    subset = card["data"]["subset"]
     assert subset["shots_per_class"] == 2 and subset["kept"] == 2 * 10 < subset["of"]
+    assert card["data"]["noise"]["exact_count"] is True
+    assert (
+        card["metrics"]["noise/realised_rate"] == 0.5 and card["metrics"]["data/seen_samples"] == 20
+    )
 
     refused = run_train(
         "fit", "--config=quickstart/ft.yaml", "--data.init_args.train_fraction=0.5", *common

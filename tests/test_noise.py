@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import chisquare
 
-from datamodules.noise import AsymmetricLabelNoise, CaptionSwapNoise, SymmetricLabelNoise
+from datamodules.embeddings import EmbeddingDataModule
+from datamodules.errors import ConfigError
+from datamodules.noise import (
+    AsymmetricLabelNoise,
+    CaptionSwapNoise,
+    SymmetricLabelNoise,
+    keyed_uniform,
+)
 
 KEYS = [f"sample-{i:06d}" for i in range(20_000)]
 K = 10
@@ -151,3 +160,40 @@ def test_swapping_identical_captions_is_not_counted_as_noise():
     samples = [{"__key__": f"k{i}", "txt": "same"} for i in range(500)]
     out = list(CaptionSwapNoise(0.5, seed=0)(samples))
     assert not any(s["is_noisy"] for s in out)
+
+
+def test_exact_count_flips_ceil_ratio_n_nested_with_the_same_wrong_labels() -> None:
+    """The official sample_noise_data's count: ``i < ratio * N`` over a permutation relabels
+    ``ceil(ratio * N)`` samples; here the keys with the smallest flip uniform, nested."""
+    keys = [f"k{i}" for i in range(1003)]
+    flipped = {}
+    for ratio in (0.05, 0.1, 0.3):
+        noise = SymmetricLabelNoise(ratio, 10, seed=7, include_true_class=True).exact_count(keys)
+        flipped[ratio] = {key for key in keys if key in noise.selected}
+        assert len(flipped[ratio]) == math.ceil(ratio * len(keys))
+        per_sample = SymmetricLabelNoise(ratio, 10, seed=7, include_true_class=True)
+        for key in list(flipped[ratio])[:50]:  # a flipped key gets the per-sample noise's label
+            assert noise(key, 3)[0] == int(keyed_uniform(7, key, "label") * 10)
+        assert all(noise(key, 3) == (3, False) for key in keys if key not in flipped[ratio])
+        assert per_sample.ratio == noise.ratio
+    assert flipped[0.05] < flipped[0.1] < flipped[0.3]
+
+
+def test_exact_count_in_embeddings_realises_the_count(tmp_path) -> None:
+    torch.save({"features": torch.randn(90, 4), "labels": torch.arange(90) % 3}, tmp_path / "t.pt")
+    data = EmbeddingDataModule(
+        train=str(tmp_path / "t.pt"),
+        num_classes=3,
+        label_noise="symmetric",
+        noise_ratio=0.2,
+        noise_exact_count=True,
+        batch_size=10,
+    )
+    data.setup("fit")
+    changed = sum(
+        int((batch["label"] != batch["clean_label"]).sum()) for batch in data.train_dataloader()
+    )
+    assert changed == 18  # other-class noise: every one of the ceil(0.2 * 90) flips shows
+    assert data.noise_summary()["exact_count"] is True
+    with pytest.raises(ConfigError, match="noise_exact_count is for label_noise: symmetric"):
+        EmbeddingDataModule(train="x.pt", noise_exact_count=True)

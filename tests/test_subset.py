@@ -15,12 +15,14 @@ KEYS = [f"sample-{i:04d}" for i in range(1000)]
 LABELS = [i % 10 for i in range(1000)]
 
 
-def test_fractions_keep_an_exact_count_and_are_nested() -> None:
-    kept = {f: set(TrainingSubset(fraction=f).select(KEYS, LABELS)) for f in (0.05, 0.1, 0.5)}
-    assert [len(kept[f]) for f in (0.05, 0.1, 0.5)] == [50, 100, 500]
+def test_fractions_keep_floor_of_each_class_and_are_nested() -> None:
+    """Per class, as the official sample_num_shot: int(len(class) * ratio) of each."""
+    labels = LABELS[:-5] + [0] * 5  # class 0 has 105 samples, classes 5-9 have 99
+    kept = {f: set(TrainingSubset(fraction=f).select(KEYS, labels)) for f in (0.05, 0.1, 0.5)}
+    counts = torch.bincount(torch.tensor([labels[i] for i in kept[0.1]])).tolist()
+    assert counts == [10] * 5 + [9] * 5  # int(10.5), int(10.0) and int(9.9)
+    assert [len(kept[f]) for f in (0.05, 0.5)] == [5 * 5 + 4 * 5, 52 + 4 * 50 + 5 * 49]
     assert kept[0.05] < kept[0.1] < kept[0.5]
-    labels_kept = {LABELS[i] for i in kept[0.1]}
-    assert len(labels_kept) == 10  # a keyed draw, not the first 100 rows (one class each)
 
 
 def test_subsets_follow_keys_and_seed_not_row_order() -> None:

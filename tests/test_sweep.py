@@ -372,3 +372,21 @@ def test_averages_follow_the_paper_rule():
 def test_the_report_names_the_kind_of_noise():
     assert noise_kind([{"noise": {"type": "caption_swap", "ratio": 0.1}}]) == "caption"
     assert noise_kind([{"noise": {"type": "symmetric", "ratio": 0.1}}, {"noise": None}]) == "label"
+
+
+def test_the_noisy_downstream_preset_adds_the_official_label_noise(tmp_path):
+    """configs/quickstart/sweep_noisy_downstream.yaml (the paper's Fig. 9): every adaptation
+    trains on noisy labels in the official convention, each method row at its own ratio."""
+    result = run_sweep(
+        REPO / "configs/quickstart/sweep_noisy_downstream.yaml", "--out", tmp_path,
+        "--print-commands",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = dict(zip(*[iter(result.stdout.splitlines())] * 2, strict=True))
+    adaptations = {label: c for label, c in commands.items() if "adapt/" in label}
+    assert len(adaptations) == 4 * 5
+    for label, command in adaptations.items():
+        ratio = "0.2" if label.endswith("dn20") else "0.4"
+        assert f"--data.init_args.noise_ratio={ratio} " in command + " "
+        assert "--data.init_args.noise_exact_count=true" in command
+        assert "--data.init_args.noise_include_true_class=true" in command
