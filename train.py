@@ -34,17 +34,19 @@ from typing import Any
 import torch
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser, Namespace
-from lightning import Trainer
+from lightning import LightningDataModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.data_audit import DataAudit
+from callbacks.embedding_writer import EmbeddingWriter
 from callbacks.export import ExportBackbone
 from callbacks.run_summary import RunSummary
 from callbacks.spectrum_monitor import SpectrumMonitor
 from datamodules.base import ShardDataModule
 from datamodules.builtin import BuiltinDataError
+from datamodules.embeddings import EmbeddingDataModule
 from datamodules.errors import ConfigError
 from datamodules.pipeline import DataQualityError
 from lightning_modules.base import NoisyTrainingModule
@@ -475,6 +477,7 @@ class SuiteCLI(LightningCLI):
         parser.add_lightning_class_args(ExportBackbone, "export")
         parser.add_lightning_class_args(SpectrumMonitor, "spectrum")
         parser.add_lightning_class_args(RunSummary, "summary")
+        parser.add_lightning_class_args(EmbeddingWriter, "embed")
         parser.add_argument(
             "--allow_unsafe_checkpoint_loading", type=bool, default=False, help=UNSAFE_LOADING_HELP
         )
@@ -553,8 +556,9 @@ class SuiteCLI(LightningCLI):
             if problem := unwritable(folder):
                 raise ConfigError(f"{option} {folder}: {problem}; choose a writable folder")
         data = self.datamodule
-        if isinstance(data, ShardDataModule) and not (
-            is_rank_process(self.trainer) and data.builtin is not None  # being written by rank 0
+        if isinstance(data, ShardDataModule | EmbeddingDataModule) and not (
+            is_rank_process(self.trainer)  # built-in data being written by rank 0
+            and getattr(data, "builtin", None) is not None
         ):
             data.check_before_training(
                 stage,
@@ -643,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             SuiteCLI(
                 NoisyTrainingModule,
-                ShardDataModule,
+                LightningDataModule,  # shards (ShardDataModule) or embeddings files
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 save_config_kwargs={"overwrite": True},

@@ -145,6 +145,8 @@ class ShardDataModule(L.LightningDataModule):
                 )
             self.train_spec = self._parse(train, "train_shards", self.source_weights)
             self.batches_per_rank()  # fail now, not at the first epoch
+        elif stage == "predict" and train:  # embedded like the evaluation sets
+            self.train_spec = self._parse(train, "train_shards", self.source_weights)
         self.eval_specs["val"] = self._parse_named(val, "val_shards")
         self.eval_specs["test"] = self._parse_named(test, "test_shards")
         if self.test_in_validation:

@@ -14,7 +14,7 @@ from datamodules.errors import ConfigError
 from datamodules.features import EvaluationFeatures, FeatureRows, ImageSource, TrainingFeatures
 from datamodules.formats import ClassificationFormat, LabelNoise
 from datamodules.noise import AsymmetricLabelNoise, SymmetricLabelNoise
-from datamodules.pipeline import EpochLoader, ShardStream
+from datamodules.pipeline import EpochLoader, PredictionBatches, ShardStream
 from datamodules.shards import ShardSpec, ShardSpecError, read_info
 from datamodules.subset import TrainingSubset
 
@@ -107,7 +107,10 @@ class ClassificationDataModule(ShardDataModule):
     def frozen_sources(self, stage: str) -> list[ImageSource]:
         """The images a frozen backbone must see once for ``stage`` (``fit``: each of the
         ``train_views`` training views and the validation sets; ``validate``: validation;
-        ``test``: test), this rank's share of each, with clean labels."""
+        ``test``: test; ``predict``: the training set without augmentation and every
+        evaluation set once), this rank's share of each, with clean labels."""
+        if stage == "predict":
+            return self._predict_sources()
         augment = self.train_views > 1
         sources = []
         if self.train_spec is not None and stage == "fit":
@@ -118,6 +121,31 @@ class ClassificationDataModule(ShardDataModule):
                 for name, spec in specs.items():
                     sources.append(self._image_source(split, name, spec, False, 0))
         return sources
+
+    def _predict_sources(self) -> list[ImageSource]:
+        """Training set (evaluation transform), test sets, then the validation sets that are
+        not test sets repeated by ``test_in_validation``."""
+        sources = []
+        if self.train_spec is not None:
+            sources.append(self._image_source("train", "train", self.train_spec, False, 0))
+        seen = set()
+        for split in ("test", "val"):
+            for name, spec in self.eval_specs[split].items():
+                if spec.spec not in seen:
+                    seen.add(spec.spec)
+                    sources.append(self._image_source(split, name, spec, False, 0))
+        return sources
+
+    def predict_dataloader(self) -> list[PredictionBatches]:
+        """Every set once, in the order of :meth:`predict_names` (``train.py predict``)."""
+        return [PredictionBatches(source.batches()) for source in self.frozen_sources("predict")]
+
+    def predict_names(self) -> list[str]:
+        """``train`` and ``<split>-<set>`` for the loaders of :meth:`predict_dataloader`."""
+        return [
+            "train" if source.split == "train" else f"{source.split}-{source.name}"
+            for source in self.frozen_sources("predict")
+        ]
 
     def _image_source(
         self, split: str, name: str, spec: ShardSpec, augment: bool, view: int

@@ -115,6 +115,12 @@ class EmbeddingDataModule(L.LightningDataModule):
     def noise_summary(self) -> dict[str, Any]:
         return noise_summary(self.noise, self.noise_exact_count)
 
+    def check_before_training(
+        self, stage: str, world_size: int, streams_training: bool = True
+    ) -> None:
+        """Read and check every file before the run starts (``train.py`` calls this first)."""
+        self.setup(stage)
+
     def setup(self, stage: str | None = None) -> None:
         self.rows = {
             split: {name: load_embeddings(path, f"{split}.{name}") for name, path in named.items()}

@@ -305,3 +305,15 @@ class EpochLoader(DataLoader):
         if self.epoch_source is not None:
             self.dataset.set_epoch(self.epoch_source())
         yield from super().__iter__()
+
+
+class PredictionBatches:
+    """An evaluation loader's batches, in a wrapper that Lightning's predict loop leaves as it
+    is: that loop rebuilds every ``DataLoader`` with a sampler to record batch indices, which a
+    streaming :class:`EpochLoader` (a ``batch_size=None`` view of a sharded stream) cannot be."""
+
+    def __init__(self, loader: EpochLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.loader)

@@ -219,7 +219,7 @@ class Adaptation(NoisyTrainingModule):
             )
         if self.two_views:  # before any extraction
             self._two_view_data(datamodule)
-        if self.backbone is not None and self.cache_features:
+        if self.backbone is not None and self.cache_features and stage != "predict":
             FeatureCache(self.cache_dir).attach(
                 datamodule,
                 self.backbone,
@@ -335,6 +335,22 @@ class Adaptation(NoisyTrainingModule):
         head on ``selection``); already synced across ranks by torchmetrics."""
         logs = self.classifier.compute(self.trainer.datamodule.eval_names(split), selection)
         self.log_dict({f"{split}/{key}": value for key, value in logs.items()}, sync_dist=False)
+
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
+        """The backbone's embeddings F of a batch with its keys and clean labels (``train.py
+        predict``; ``callbacks/embedding_writer.py`` writes them as embedding files)."""
+        if self.backbone is None:
+            raise ConfigError(
+                "train.py predict embeds images with model.backbone; these data are embeddings "
+                "already"
+            )
+        return {
+            "features": self._backbone_features(batch).float().cpu(),
+            "key": list(batch["key"]),
+            "label": batch["clean_label"].cpu(),
+        }
 
     # --- optimisation -------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -365,3 +365,48 @@ def test_a_training_subset_is_recorded_and_refused_where_training_streams(
             "error: data.train_fraction and data.shots_per_class choose from the whole training set"
         )
     )
+
+
+def test_embed_with_train_py_predict_then_adapt_on_the_files(
+    resnet_card, builtin_root, tiny_fashion_mnist, tmp_path
+):
+    """The black-box path from the command line: ``predict`` writes every set's embeddings
+    with the card's backbone, then NMTune trains on the files through ``train.py fit``."""
+    embeddings = tmp_path / "embeddings"
+    common = [
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--data.init_args.builtin_root={builtin_root}",
+        f"--data.init_args.builtin_source={tiny_fashion_mnist}",
+        "--data.init_args.num_workers=0",
+    ]
+    embedded = run_train(
+        "predict",
+        "--config=quickstart/nmtune_id.yaml",
+        f"--model.init_args.backbone.card={resnet_card}",
+        f"--embed.dirpath={embeddings}",
+        *common,
+    )
+    assert embedded.returncode == 0, embedded.stderr[-3000:]
+    files = {path.name: torch.load(path, weights_only=True) for path in embeddings.glob("*.pt")}
+    assert set(files) == {"train.pt", "val-val.pt", "test-test.pt"}
+    train = files["train.pt"]
+    assert train["features"].shape[1] == 512 and len(train["keys"]) == len(set(train["keys"]))
+    assert len(train["labels"]) == len(train["features"]) and set(train["labels"].tolist()) <= set(
+        range(10)
+    )
+    assert f"use: data.init_args.train: {(embeddings / 'train.pt').resolve()}" in embedded.stdout
+
+    adapted = run_train(
+        "fit",
+        "--config=quickstart/nmtune_embeddings.yaml",
+        "--trainer.max_epochs=2",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--data.init_args.train={embeddings / 'train.pt'}",
+        f'--data.init_args.val={{"val": "{embeddings / "val-val.pt"}", '
+        f'"test": "{embeddings / "test-test.pt"}"}}',
+    )
+    assert adapted.returncode == 0, adapted.stderr[-3000:]
+    (card_path,) = tmp_path.glob("quickstart_nmtune_embeddings/version_0/export/card.json")
+    metrics = json.loads(card_path.read_text())["metrics"]
+    for key in ("val/val/acc", "val/test/acc", "spectrum/test/sve"):
+        assert 0 <= metrics[key] < float("inf"), key

@@ -162,6 +162,8 @@ CASES = {
     r"not found",
     "invalid strategy name": r"trainer: You selected an invalid strategy name: `strategy='ddpp'`",
     "checkpoint of another model": r"--ckpt_path \S+other\.ckpt was written for another model",
+    "embeddings config without its files": r"data\.train\.train: embeddings file not found: "
+    r"\S+none\.pt",
     "paper FS config without data": r"data\.train_shards: 1024 of 1024 shards not found",
     "paper CLIP config without data": r"data\.train_shards: 2776 of 2776 shards not found",
     "paper NMTune config without a card": r"--model\.init_args\.backbone\.card: no backbone "
@@ -211,6 +213,12 @@ def outcomes(
             "--data.init_args.num_workers=4",
         ),
         "broken _info.json": quick("info", f"--data.init_args.train_shards={broken}"),
+        "embeddings config without its files": [
+            "fit",
+            "--config=quickstart/nmtune_embeddings.yaml",
+            f"--data.init_args.train={tmp / 'none.pt'}",
+            f"--trainer.logger.init_args.save_dir={tmp / 'runs' / 'embeddings'}",
+        ],
         "missing noise_transitions file": quick(
             "transitions",
             "--data.init_args.label_noise=asymmetric",
