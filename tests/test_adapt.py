@@ -410,3 +410,37 @@ def test_embed_with_train_py_predict_then_adapt_on_the_files(
     metrics = json.loads(card_path.read_text())["metrics"]
     for key in ("val/val/acc", "val/test/acc", "spectrum/test/sve"):
         assert 0 <= metrics[key] < float("inf"), key
+
+
+def test_two_ranks_embed_every_sample_once_as_one_process_does(resnet_card, make_shards, tmp_path):
+    """``train.py predict`` under real 2-process DDP: each rank embeds its own shards, rank 0
+    merges them, and the files hold every sample once with the features of one process."""
+    spec = make_shards([30, 11, 25])
+    written = {}
+    for devices in (1, 2):
+        folder = tmp_path / f"embeddings_{devices}"
+        result = run_train(
+            "predict",
+            "--config=quickstart/lp_id.yaml",
+            f"--trainer.devices={devices}",
+            f"--trainer.strategy={'ddp' if devices == 2 else 'auto'}",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+            f"--model.init_args.backbone.card={resnet_card}",
+            "--data.init_args.builtin=null",
+            f"--data.init_args.train_shards={spec}",
+            f'--data.init_args.test_shards={{"test": "{spec}"}}',
+            "--data.init_args.batch_size=8",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.transform.image_size=16",
+            f"--embed.dirpath={folder}",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        written[devices] = {p.name: torch.load(p, weights_only=True) for p in folder.glob("*.pt")}
+    assert "MEMBER: 2/2" in result.stderr
+    assert set(written[1]) == set(written[2]) == {"train.pt", "test-test.pt"}
+    for name, single in written[1].items():
+        double = written[2][name]
+        assert len(single["keys"]) == len(set(double["keys"])) == len(double["keys"]) == 66
+        by_key = dict(zip(single["keys"], single["features"], strict=True))
+        expected = torch.stack([by_key[key] for key in double["keys"]])
+        torch.testing.assert_close(double["features"], expected, rtol=1e-5, atol=1e-5)
