@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -171,9 +172,14 @@ class ClassificationDataModule(ShardDataModule):
             "view": view,
             "label_key": self.label_key,
         }
-        split_name = Path(spec.urls[0]).name.rsplit("-", 1)[0]
-        description = f"features of {split_name} (view {view}, rank {rank})"
-        return ImageSource(split, name, identity, batches, description)
+        what = "training set" if split == "train" else f"{split} set {name!r}"
+        if split == "train" and self.train_views > 1 and augment:
+            what += f", augmented view {view + 1} of {self.train_views}"
+        if world > 1:
+            what += f", rank {rank + 1} of {world}"
+        samples = spec.num_samples  # each rank reads its own shards: exact on one rank only
+        total = math.ceil(samples / self.eval_batch_size) if samples and world == 1 else None
+        return ImageSource(split, name, identity, batches, f"embedding the {what}", total)
 
     def serve_features(
         self,

@@ -56,6 +56,7 @@ class ImageSource:
         batches: Builds the loader of ``image``/``key``/``clean_label`` batches (called only
             when the features are not cached yet).
         description: What a progress bar shows while the features are extracted.
+        total_batches: The number of batches when it is known exactly (progress and ETA).
     """
 
     split: str
@@ -63,6 +64,7 @@ class ImageSource:
     identity: dict[str, Any]
     batches: Callable[[], Iterable[dict[str, Any]]]
     description: str
+    total_batches: int | None = None
 
 
 def _row(rows: FeatureRows, index: int, noise: LabelNoise | None) -> dict[str, Any]:

@@ -47,12 +47,16 @@ def cache_key(**parts: Any) -> str:
 
 @torch.no_grad()
 def extract(
-    batches: Iterable[dict[str, Any]], backbone: nn.Module, device: torch.device, desc: str
+    batches: Iterable[dict[str, Any]],
+    backbone: nn.Module,
+    device: torch.device,
+    desc: str,
+    total: int | None = None,
 ) -> FeatureRows:
     """Run ``backbone`` over image batches (eval mode, no grad); keep float32 features on CPU."""
     backbone.eval()
     features, keys, labels = [], [], []
-    for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+    for batch in tqdm(batches, desc=desc, total=total, unit="batch", leave=False):
         features.append(backbone(batch["image"].to(device)).float().cpu())
         keys += batch["key"]
         labels.append(batch["clean_label"])
@@ -132,4 +136,4 @@ class FeatureCache:
 
     @staticmethod
     def _extract(source: ImageSource, backbone: nn.Module, device: torch.device) -> FeatureRows:
-        return extract(source.batches(), backbone, device, source.description)
+        return extract(source.batches(), backbone, device, source.description, source.total_batches)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from datamodules.classification import ClassificationDataModule
 from datamodules.features import FeatureRows, ImageSource
 from lightning_modules.feature_cache import FeatureCache
 
@@ -102,3 +103,26 @@ def test_a_second_run_reads_the_cache_and_a_new_backbone_or_data_does_not(tmp_pa
     attach(cache, other_shards)
     assert other_backbone.reads == 2 and other_shards.reads == 2
     assert len(list(tmp_path.iterdir())) == 6  # (3 keys) x (train, val)
+
+
+def test_a_datamodule_names_its_sets_in_words_with_exact_batch_totals(make_shards) -> None:
+    """What the progress bars show: the set in the user's words, and the batch count when one
+    process reads every shard (so the bar has a total and an ETA)."""
+    spec = make_shards([30, 11, 25])
+    data = ClassificationDataModule(
+        num_classes=10,
+        train_shards=f"{spec}|66",
+        val_shards={"held_out": spec},
+        batch_size=8,
+        eval_batch_size=16,
+        train_views=2,
+    )
+    data.setup("fit")
+    sources = data.frozen_sources("fit")
+    assert [s.description for s in sources] == [
+        "embedding the training set, augmented view 1 of 2",
+        "embedding the training set, augmented view 2 of 2",
+        "embedding the val set 'held_out'",
+    ]
+    assert [s.total_batches for s in sources] == [5, 5, 5]  # ceil(66 / 16)
+    assert sum(len(batch["key"]) for batch in sources[2].batches()) == 66
