@@ -69,8 +69,7 @@ class RunSummary(L.Callback):
         log_dir = trainer.log_dir  # every rank: it is a broadcast
         if not trainer.is_global_zero:
             return
-        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        table = results_table(metrics)
+        table = results_table(trainer.callback_metrics)
         lines = [f"{stage} done after {trainer.current_epoch} epochs, {trainer.global_step} steps"]
         lines += ["  " + line for line in table.splitlines()] or ["  (no evaluation metrics)"]
         if trainer.logger is not None and log_dir:

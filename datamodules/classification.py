@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import ShardDataModule
 from datamodules.errors import ConfigError
-from datamodules.features import EvaluationFeatures, FeatureRows, ImageSource, TrainingFeatures
+from datamodules.features import EvaluationFeatures, FeatureRows, ImageSource, training_features
 from datamodules.formats import ClassificationFormat, LabelNoise
 from datamodules.noise import AsymmetricLabelNoise, SymmetricLabelNoise
 from datamodules.pipeline import EpochLoader, PredictionBatches, ShardStream
@@ -90,9 +90,8 @@ class ClassificationDataModule(ShardDataModule):
             self.seed,
             noise_include_true_class,
             noise_transitions,
+            noise_exact_count,
         )
-        if noise_exact_count and not isinstance(self.noise, SymmetricLabelNoise):
-            raise ConfigError("data.noise_exact_count is for label_noise: symmetric")
         self.noise_exact_count = noise_exact_count
 
     def sample_format(self, training: bool, noisy: bool | None = None) -> ClassificationFormat:
@@ -190,15 +189,11 @@ class ClassificationDataModule(ShardDataModule):
         """From now on serve feature rows instead of images: the training views with this
         DataModule's label noise (two views per row with ``two_views``), each evaluation set
         once, in order."""
-        if train_views and not self.subset.everything:
-            first = train_views[0]
-            kept = self.subset.select(first.keys, first.clean_labels.tolist())
-            self.subset_info = self.subset.summary(len(kept), len(first.keys))
-            train_views = [view.take(kept) for view in train_views]
-        noise = self.noise
-        if train_views and self.noise_exact_count:  # counted on the (subset) training rows
-            noise = self.noise.exact_count(train_views[0].keys)
-        train = TrainingFeatures(train_views, noise, two_views) if train_views else None
+        train = None
+        if train_views:
+            train, self.subset_info = training_features(
+                train_views, self.noise, self.subset, self.noise_exact_count, two_views
+            )
         self.cached = {
             "train": train,
             **{
@@ -312,7 +307,12 @@ def make_label_noise(
     seed: int,
     include_true_class: bool,
     transitions: str | None,
+    exact_count: bool = False,
 ) -> LabelNoise | None:
+    """The label noise of the ``data.label_noise`` options (``exact_count``: checked here,
+    applied by :func:`~datamodules.features.training_features`)."""
+    if exact_count and kind != "symmetric":
+        raise ConfigError("data.noise_exact_count is for label_noise: symmetric")
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"data.noise_ratio must be in [0, 1), got {ratio}")
     if num_classes < 1:

@@ -17,8 +17,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.classification import make_label_noise, noise_summary
 from datamodules.errors import ConfigError
-from datamodules.features import EvaluationFeatures, FeatureRows, TrainingFeatures
-from datamodules.noise import SymmetricLabelNoise
+from datamodules.features import EvaluationFeatures, FeatureRows, training_features
 from datamodules.subset import TrainingSubset
 
 
@@ -93,10 +92,14 @@ class EmbeddingDataModule(L.LightningDataModule):
         self.num_classes = num_classes
         self.seed = seed
         self.noise = make_label_noise(
-            label_noise, noise_ratio, num_classes, seed, noise_include_true_class, noise_transitions
+            label_noise,
+            noise_ratio,
+            num_classes,
+            seed,
+            noise_include_true_class,
+            noise_transitions,
+            noise_exact_count,
         )
-        if noise_exact_count and not isinstance(self.noise, SymmetricLabelNoise):
-            raise ConfigError("data.noise_exact_count is for label_noise: symmetric")
         self.noise_exact_count = noise_exact_count
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -122,6 +125,8 @@ class EmbeddingDataModule(L.LightningDataModule):
         self.setup(stage)
 
     def setup(self, stage: str | None = None) -> None:
+        if self.rows:  # read and checked already (train.py checks before the run starts)
+            return
         self.rows = {
             split: {name: load_embeddings(path, f"{split}.{name}") for name, path in named.items()}
             for split, named in self.files.items()
@@ -149,13 +154,9 @@ class EmbeddingDataModule(L.LightningDataModule):
                     )
 
     def train_dataloader(self) -> DataLoader:
-        train = self.rows["train"]["train"]
-        if not self.subset.everything:
-            kept = self.subset.select(train.keys, train.clean_labels.tolist())
-            self.subset_info = self.subset.summary(len(kept), len(train.keys))
-            train = train.take(kept)
-        noise = self.noise.exact_count(train.keys) if self.noise_exact_count else self.noise
-        rows = TrainingFeatures([train], noise, two_views=False)
+        rows, self.subset_info = training_features(
+            [self.rows["train"]["train"]], self.noise, self.subset, self.noise_exact_count
+        )
         return DataLoader(rows, self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from datamodules.formats import LabelNoise
+from datamodules.subset import TrainingSubset
 
 
 @dataclass
@@ -71,6 +72,27 @@ def _row(rows: FeatureRows, index: int, noise: LabelNoise | None) -> dict[str, A
     key, clean = rows.keys[index], int(rows.clean_labels[index])
     label, is_noisy = noise(key, clean) if noise is not None else (clean, False)
     return {"key": key, "label": label, "clean_label": clean, "is_noisy": is_noisy}
+
+
+def training_features(
+    views: list[FeatureRows],
+    noise: LabelNoise | None,
+    subset: TrainingSubset,
+    exact_count: bool,
+    two_views: bool = False,
+) -> tuple[TrainingFeatures, dict[str, Any] | None]:
+    """The training rows a head sees, and what the card records of their subset: the
+    ``subset`` of the rows (chosen on the first view's keys and clean labels), with the label
+    noise counted on exactly those rows when ``exact_count`` (symmetric noise)."""
+    info = None
+    if not subset.everything:
+        first = views[0]
+        kept = subset.select(first.keys, first.clean_labels.tolist())
+        info = subset.summary(len(kept), len(first.keys))
+        views = [view.take(kept) for view in views]
+    if exact_count:
+        noise = noise.exact_count(views[0].keys)  # type: ignore[union-attr]
+    return TrainingFeatures(views, noise, two_views), info
 
 
 class TrainingFeatures(Dataset):
