@@ -10,6 +10,8 @@ from datamodules.classification import ClassificationDataModule, read_class_subs
 from datamodules.embeddings import EmbeddingDataModule
 from datamodules.errors import ConfigError
 from datamodules.subset import TrainingSubset
+from lightning_modules.adapt import Adaptation
+from lightning_modules.backbones import BackboneConfig
 
 KEYS = [f"sample-{i:04d}" for i in range(1000)]
 LABELS = [i % 10 for i in range(1000)]
@@ -102,3 +104,19 @@ def test_class_subsets_come_from_lists_or_files_and_name_real_sets(make_shards, 
 def test_bad_class_subsets_are_config_errors(value, message) -> None:
     with pytest.raises(ConfigError, match=message):
         read_class_subset(value, 10, "data.class_subsets.in1k_a")
+
+
+def test_whole_set_options_stop_a_streamed_run_before_training() -> None:
+    """Exact-count noise, like the subsets, needs every training key at once: a run that
+    streams its training images (FT, LoRA, cache_features: false) is refused, in one line."""
+    data = ClassificationDataModule(
+        num_classes=10, label_noise="symmetric", noise_ratio=0.2, noise_exact_count=True
+    )
+    with pytest.raises(ConfigError, match="noise_exact_count counts over the whole training set"):
+        data.check_before_training("fit", world_size=1, streams_training=True)
+
+
+def test_predict_on_embeddings_names_the_mistake() -> None:
+    module = Adaptation("lp", 4, BackboneConfig())
+    with pytest.raises(ConfigError, match="these data are embeddings already"):
+        module.predict_step({"features": torch.zeros(2, 3)}, 0)
