@@ -8,8 +8,10 @@ optimizer step), so a run killed with SIGKILL keeps the line of every step it fi
 
 ``delay_s`` pauses at the start of every batch from global step ``delay_from_step`` on, after
 the checkpoint of the previous step was written, until the time is up or the process receives
-SIGTERM: the test can read that checkpoint and signal the process before the next step instead
-of racing it.
+SIGTERM. On entering the pause it writes the global step to ``<path>.paused``: the test signals
+the process only then, so the signal lands at the same point of the loop on every machine
+(a signal sent as soon as the checkpoint appears can still reach Lightning's end-of-step check
+and stop the run one step earlier).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class BatchRecorder(L.Callback):
     ) -> None:
         if not self.delay_s or trainer.global_step < self.delay_from_step:
             return
+        self.path.with_suffix(".paused").write_text(str(trainer.global_step))
         end = time.monotonic() + self.delay_s
         while time.monotonic() < end and not trainer.received_sigterm:  # SIGTERM ends the pause
             time.sleep(0.05)

@@ -128,27 +128,30 @@ def global_step(checkpoint: Path) -> int | None:
         return None
 
 
+def paused_at(marker: Path) -> int | None:
+    """The global step at which the recorder paused its run; None before it paused."""
+    try:
+        return int(marker.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def signal_at_step(
     targets: list[tuple[subprocess.Popen, Path, signal.Signals]], step: int, timeout: float
 ) -> None:
-    """Send each process its signal once its checkpoint holds ``step``; the recorder pauses it
-    there (until SIGTERM). A process still short of ``step`` at the timeout is killed."""
+    """Send each process its signal once the recorder paused it at ``step`` (its marker file
+    says so, written after the checkpoint of that step). A process that has not paused by the
+    timeout is killed."""
     deadline = time.monotonic() + timeout
     waiting = list(targets)
-    seen: dict[Path, int] = {}
     while waiting and time.monotonic() < deadline:
         for target in list(waiting):
-            process, checkpoint, sig = target
-            mtime = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+            process, marker, sig = target
             if process.poll() is not None:
                 waiting.remove(target)
-            elif mtime is not None and mtime != seen.get(checkpoint):
-                reached = global_step(checkpoint)
-                if reached is not None:
-                    seen[checkpoint] = mtime
-                    if reached >= step:
-                        process.send_signal(sig)
-                        waiting.remove(target)
+            elif (paused_at(marker) or -1) >= step:
+                process.send_signal(sig)
+                waiting.remove(target)
         time.sleep(0.05)
     for process, _, _ in waiting:
         process.kill()
@@ -186,8 +189,8 @@ def runs(builtin_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         first[name] = start(command, tmp / name)
     signal_at_step(
         [
-            (first["killed"], tmp / "killed_steps" / "last.ckpt", signal.SIGKILL),
-            (first["terminated"], tmp / "terminated_steps" / "last.ckpt", signal.SIGTERM),
+            (first["killed"], tmp / "killed.paused", signal.SIGKILL),
+            (first["terminated"], tmp / "terminated.paused", signal.SIGTERM),
         ],
         KILL_AT_STEP,
         timeout=300,
