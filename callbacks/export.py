@@ -87,7 +87,9 @@ def write_card(
 
 
 class ExportBackbone(L.Callback):
-    """At the end of ``fit``, rank 0 writes ``<log_dir>/export/`` (weights, configs, card).
+    """At the end of ``fit``, rank 0 writes ``<log_dir>/export/`` (weights, configs, card); a
+    model with nothing to train (``training_free``, the zero-shot head) at the end of
+    ``validate``.
 
     An export of another run in the folder is never replaced silently: ``fit`` stops before
     training unless ``overwrite``. The same run is the one that logs into the same folder, or
@@ -117,8 +119,23 @@ class ExportBackbone(L.Callback):
             self._folder_and_run(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled:
-            return
+        if self.enabled:
+            self._export(trainer, pl_module)
+
+    # a model with nothing to train (zero-shot) is exported after ``validate`` instead
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and self._training_free_validation(trainer, pl_module):
+            self._folder_and_run(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and self._training_free_validation(trainer, pl_module):
+            self._export(trainer, pl_module)
+
+    @staticmethod
+    def _training_free_validation(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        return trainer.state.fn == "validate" and getattr(pl_module, "training_free", False)
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         directory, run = self._folder_and_run(trainer)  # another may have exported meanwhile
         if not trainer.is_global_zero:
             return

@@ -81,5 +81,5 @@ class RunSummary(L.Callback):
             for cb in trainer.callbacks
             if isinstance(cb, ExportBackbone) and cb.exported
         ]
-        lines += [f"export: {folder}" for folder in exports if stage == "fit"]
+        lines += [f"export: {folder}" for folder in exports if stage in ("fit", "validate")]
         print("\n".join(lines), flush=True)

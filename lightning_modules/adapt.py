@@ -1,4 +1,5 @@
-"""Downstream adaptation of a (noisily) pre-trained backbone: LP, MLP, NMTune, LoRA, FT.
+"""Downstream adaptation of a (noisily) pre-trained backbone: LP, MLP, NMTune, LoRA, FT, and
+the zero-shot baseline.
 
 One module, one training story for every method; they differ only in which parameters train
 and which loss terms are on:
@@ -12,9 +13,12 @@ mlp        residual MLP + head          Z = s * MLP(F) + F                CE
 nmtune     residual MLP + head          Z = s * MLP(F) + F                CE + NMTune terms
 lora       LoRA adapters (peft) + head  adapted backbone                  CE (+ COV, SVD terms)
 ft         whole backbone + head        fine-tuned backbone               CE (+ COV, SVD terms)
+zeroshot   nothing (``train.py          frozen backbone F, normalised     (none)
+           validate``): text head
 =========  ===========================  ================================  =====================
 
-Frozen methods train on cached features by default (see ``feature_cache.py``).
+Frozen methods train on cached features by default (see ``feature_cache.py``). ``zeroshot``
+scores an open_clip model's text head (``zeroshot.py``); ``ft``/``lora`` can start from it.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from lightning_modules.heads import ResidualMLP
 from lightning_modules.lora import LoraConfig, add_lora
 from lightning_modules.probe_sweep import WeightDecaySweep
 from lightning_modules.regularizers import NMTuneLossWeights, nmtune_regularizer
+from lightning_modules.zeroshot import ZeroShotClassifier, ZeroShotConfig, zero_shot_classifier
 
-Method = Literal["lp", "mlp", "nmtune", "lora", "ft"]
-FROZEN_METHODS = ("lp", "mlp", "nmtune")
+Method = Literal["lp", "mlp", "nmtune", "lora", "ft", "zeroshot"]
+METHODS = ("lp", "mlp", "nmtune", "lora", "ft", "zeroshot")
+FROZEN_METHODS = ("lp", "mlp", "nmtune", "zeroshot")
 
 
 @dataclass(frozen=True)
@@ -109,12 +115,15 @@ class Adaptation(NoisyTrainingModule):
     """Adapt a backbone to a downstream classification task.
 
     Args:
-        method: ``lp``, ``mlp``, ``nmtune``, ``lora`` or ``ft``.
+        method: ``lp``, ``mlp``, ``nmtune``, ``lora``, ``ft`` or ``zeroshot`` (no training:
+            run it with ``train.py validate``).
         num_classes: Classes of the downstream task.
         backbone: Where the backbone comes from (an export card of this suite, a timm or
             open_clip model, or none when the data already are embeddings).
         nmtune: NMTune head and loss options (``method: nmtune``; ``mlp`` uses its head only).
         lora: LoRA options (``method: lora``).
+        zeroshot: Zero-shot head options: prompt templates and class names (``method:
+            zeroshot``), and ``init_head`` to start ``ft``/``lora`` from that head.
         backbone_regularizer: For ``lora``/``ft``: add the NMTune covariance and
             dominant-singular-value terms on the backbone features (the paper's extension).
         backbone_lr_scale: For ``ft``: backbone learning rate as a fraction of the head's.
@@ -138,6 +147,7 @@ class Adaptation(NoisyTrainingModule):
         backbone: BackboneConfig = BackboneConfig(),
         nmtune: NMTuneConfig = NMTuneConfig(),
         lora: LoraConfig = LoraConfig(),
+        zeroshot: ZeroShotConfig = ZeroShotConfig(),
         backbone_regularizer: bool = False,
         backbone_lr_scale: float = 0.1,
         weight_decay_sweep: list[float] | None = None,
@@ -147,8 +157,8 @@ class Adaptation(NoisyTrainingModule):
         optimizer: OptimizerConfig = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=1e-4),
     ) -> None:
         super().__init__(optimizer)
-        if method not in ("lp", "mlp", "nmtune", "lora", "ft"):
-            raise ConfigError(f"model.method must be lp, mlp, nmtune, lora or ft, got {method!r}")
+        if method not in METHODS:
+            raise ConfigError(f"model.method must be one of {', '.join(METHODS)}, got {method!r}")
         if num_classes < 2:
             raise ConfigError(f"model.num_classes must be at least 2, got {num_classes}")
         if weight_decay_sweep and method != "lp":
@@ -159,6 +169,13 @@ class Adaptation(NoisyTrainingModule):
         self.num_classes = num_classes
         self.backbone_config = backbone
         self.nmtune_config = nmtune
+        self.zeroshot_config = zeroshot
+        self.zeroshot_head = method == "zeroshot" or zeroshot.init_head
+        if zeroshot.init_head and method not in ("ft", "lora"):
+            raise ConfigError(
+                f"model.zeroshot.init_head starts ft or lora from the zero-shot head, not "
+                f"{method!r} (method zeroshot always uses it)"
+            )
         self.official_step = method == "nmtune" and nmtune.official
         default_views = self.official_step if nmtune.two_views is None else nmtune.two_views
         self.two_views = default_views and method in FROZEN_METHODS
@@ -175,11 +192,11 @@ class Adaptation(NoisyTrainingModule):
             if self.backbone is None:
                 raise ConfigError("method lora needs a backbone (model.backbone), not embeddings")
             add_lora(self.backbone, lora)
-        if method == "ft" and self.backbone is None:
-            raise ConfigError("method ft needs a backbone (model.backbone), not embeddings")
+        if method in ("ft", "zeroshot") and self.backbone is None:
+            raise ConfigError(f"method {method} needs a backbone (model.backbone), not embeddings")
         self.transform: ResidualMLP | None = None
         self.classifier: ClassifierHead | None = None
-        if self.backbone is not None:
+        if self.backbone is not None and not self.zeroshot_head:  # a text head: in setup
             self._build_head(self.backbone.dim)
 
     # --- construction -------------------------------------------------------------------
@@ -194,6 +211,11 @@ class Adaptation(NoisyTrainingModule):
             init = "official" if self.official_step else "default"
             self.classifier = LinearClassifier(dim, self.num_classes, init)
 
+    @property
+    def training_free(self) -> bool:
+        """Nothing to train (zero-shot): ``validate`` scores it and exports its head."""
+        return self.method == "zeroshot"
+
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         declared = getattr(datamodule, "num_classes", self.num_classes)
@@ -201,6 +223,22 @@ class Adaptation(NoisyTrainingModule):
             raise ConfigError(
                 f"model.num_classes is {self.num_classes} but data.num_classes is {declared}"
             )
+        if self.training_free and stage == "fit":
+            raise ConfigError(
+                "model.method zeroshot trains nothing: run python train.py validate (or test) "
+                "with the same config"
+            )
+        if self.zeroshot_head and not isinstance(self.classifier, ZeroShotClassifier):
+            names = self.zeroshot_config.names_for(
+                getattr(datamodule, "class_names", None), self.num_classes
+            )
+            self.classifier = zero_shot_classifier(
+                self.backbone,
+                names,
+                self.zeroshot_config.prompt_templates(),
+                self.trainer.strategy.root_device,
+            )
+            self.classifier.requires_grad_(not self.training_free)
         if self.weight_decay_sweep and stage == "fit":  # before any extraction
             val_names = datamodule.eval_names("val")
             if self.weight_decay_selection not in val_names:
@@ -370,12 +408,12 @@ class Adaptation(NoisyTrainingModule):
 
     # --- export ---------------------------------------------------------------------------
     def export(self, directory: Path) -> dict[str, Any]:
-        """The trained parameters (head, MLP, adapters or the whole backbone)."""
+        """The classifier and the trained parameters (MLP, adapters or the whole backbone)."""
         path = (directory / "adapted.safetensors").resolve()
         trainable = {
             name: param.detach().cpu().contiguous()
             for name, param in self.named_parameters()
-            if param.requires_grad
+            if param.requires_grad or name.startswith("classifier.")
         }
         save_file(trainable, str(path))
         return {

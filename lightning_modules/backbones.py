@@ -98,7 +98,13 @@ class TimmBackbone(Backbone):
 
 
 class OpenClipBackbone(Backbone):
-    """open_clip's image embedding ``encode_image(x)``, not L2-normalised (consumers decide)."""
+    """open_clip's image embedding ``encode_image(x)``, not L2-normalised (consumers decide).
+    The whole model stays inside: its text tower makes zero-shot heads (``zeroshot.py``) with
+    the tokenizer that ``open_clip.get_tokenizer(tokenizer_name)`` gives."""
+
+    def __init__(self, model: nn.Module, *, tokenizer_name: str, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.tokenizer_name = tokenizer_name
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images)
@@ -268,6 +274,7 @@ def _open_clip_backbone(
     size = preprocess["size"]
     return OpenClipBackbone(
         model,
+        tokenizer_name=model_name,  # a registered name, or the local-dir:/hf-hub: folder
         dim=model.visual.output_dim,
         normalization=_normalization_named(preprocess["mean"], model_name),
         image_size=size if isinstance(size, int) else size[-1],

@@ -4,6 +4,9 @@ An adaptation's final metrics are read per evaluation set ``<set>`` from the key
 ``val/<set>/acc``, ``val/<set>/f1`` and ``spectrum/<set>/<metric>`` of its ``result.json`` (the
 adaptation configs set ``data.test_in_validation: true``, so every test set is among them).
 
+A fine-tuning run with the WiSE-FT callback adds the rows of method ``<method>+wise_ft`` from
+its ``wise_ft/val/<set>/...`` keys (the interpolation at the alpha chosen on validation).
+
 Averaging rule (the paper's tables): a set counts in the averages unless its run lists it in
 ``exclude_sets`` (default ``val`` and ``clean``: the validation set, and the OOD task's
 in-distribution copy of its test images). For each kind (``id`` / ``ood``), method, noise ratio
@@ -47,6 +50,7 @@ COLUMNS = [
 SPECTRAL = ("sve", "lsvr", "erank", "stable_rank", "alpha_req")
 METRICS = {"acc": "val/{}/acc", "f1": "val/{}/f1"} | {m: f"spectrum/{{}}/{m}" for m in SPECTRAL}
 PERCENT = ("acc", "f1")
+WISE_FT = "wise_ft/"  # callbacks/wise_ft.py: wise_ft/val/<set>/acc at the selected alpha
 PerSeed = dict[str, dict[float, dict[int, float | None]]]  # method -> ratio -> seed -> value
 
 
@@ -83,13 +87,23 @@ def build_rows(pretrain: list[dict[str, Any]], adapt: list[dict[str, Any]]) -> l
             "log": record["log"],
         }
         metrics = record.get("metrics", {}) if record["status"] == "ok" else {}
-        sets = evaluation_sets(metrics)
-        for name in sets or [""]:
-            values = {
-                column: finite(metrics.get(key.format(name))) for column, key in METRICS.items()
-            }
-            counted = bool(name) and name not in record.get("exclude_sets", [])
-            rows.append({**base, "test_set": name, "in_average": counted, **values})
+        excluded = record.get("exclude_sets", [])
+        rows += set_rows(base, metrics, excluded)
+        wise_ft = {k.removeprefix(WISE_FT): v for k, v in metrics.items() if k.startswith(WISE_FT)}
+        if wise_ft:  # the WiSE-FT callback's best alpha: a method row of its own, no spectrum
+            rows += set_rows({**base, "method": f"{base['method']}+wise_ft"}, wise_ft, excluded)
+    return rows
+
+
+def set_rows(
+    base: dict[str, Any], metrics: dict[str, float], excluded: list[str]
+) -> list[dict[str, Any]]:
+    """One row per evaluation set in ``metrics``; one with an empty set when there is none."""
+    rows = []
+    for name in evaluation_sets(metrics) or [""]:
+        values = {column: finite(metrics.get(key.format(name))) for column, key in METRICS.items()}
+        counted = bool(name) and name not in excluded
+        rows.append({**base, "test_set": name, "in_average": counted, **values})
     return rows
 
 

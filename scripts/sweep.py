@@ -8,7 +8,8 @@ Usage::
     python scripts/sweep.py configs/sweep.yaml --ratio 0.1                # one ratio's runs only
     python scripts/sweep.py configs/sweep.yaml --ratio 0.1 --print-commands  # its train.py lines
 
-Every run is a real ``python train.py fit --config ...`` subprocess, so each one is reproducible
+Every run is a real ``python train.py fit --config ...`` subprocess (``validate`` for a
+zero-shot config, which trains nothing), so each one is reproducible
 on its own: its folder holds the ``config.yaml`` LightningCLI saved (``python train.py fit
 --config <run>/config.yaml`` runs it again), its output in ``log.txt`` (first line: the command),
 its TensorBoard events and its ``export/card.json``.
@@ -34,6 +35,8 @@ Sweep config (YAML; a ``config`` is a path, or a name under ``configs/`` as trai
           task: fmnist_heldout            # (default: data.init_args.builtin, else train_shards)
           exclude_sets: [val, clean]      # sets left out of the averages (this default)
           overrides: []                   # extra arguments for this run (optional)
+        - config: quickstart/zeroshot_ood.yaml  # CLIP backbones: a zero-shot row; it runs
+                                          # `train.py validate` (nothing trains)
 
 The runner adds, after the config and before the overrides: ``--trainer.enable_progress_bar=
 false`` and, for adaptations, ``--model.init_args.cache_dir=<out>/cache/features`` (the
@@ -231,6 +234,8 @@ def adaptation(entry: dict[str, Any], index: int) -> dict[str, Any]:
             entry.get("exclude_sets", list(DEFAULT_EXCLUDE)), f"{where}.exclude_sets"
         ),
         "overrides": string_list(entry.get("overrides"), f"{where}.overrides"),
+        # a zero-shot head trains nothing: validate scores it and exports its card
+        "subcommand": "validate" if init_arg(config, "model", "method") == "zeroshot" else "fit",
     }
 
 
@@ -306,7 +311,7 @@ def adapt_run(pretraining: Run, entry: dict[str, Any], common: tuple[str, ...], 
     folder = out / seed_folder(pretraining.seed) / "adapt" / ratio_folder(pretraining.ratio)
     folder = folder / entry["name"]
     args = (
-        *base_args(entry["config"]),
+        *base_args(entry["config"], entry["subcommand"]),
         f"--model.init_args.cache_dir={out / 'cache' / 'features'}",
         *common,
         *entry["overrides"],
@@ -327,8 +332,8 @@ def adapt_run(pretraining: Run, entry: dict[str, Any], common: tuple[str, ...], 
     )
 
 
-def base_args(config: Path) -> tuple[str, ...]:
-    return ("fit", "--config", str(config), "--trainer.enable_progress_bar=false")
+def base_args(config: Path, subcommand: str = "fit") -> tuple[str, ...]:
+    return (subcommand, "--config", str(config), "--trainer.enable_progress_bar=false")
 
 
 def seed_folder(seed: int) -> str:

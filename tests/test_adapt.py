@@ -275,6 +275,32 @@ def test_two_ranks_extract_disjoint_parts_that_match_one_process(
 OOD_SETS = ("clean", "blur", "noise", "rotate", "low_contrast", "invert")
 
 
+def quickstart_metrics(
+    config: str, card: Path, builtin_root: Path, source: Path, tmp_path: Path, *extra: str
+) -> dict[str, float]:
+    """Fit ``quickstart/<config>.yaml`` for 2 steps on the tiny built-in suites from ``card``;
+    the metrics of the card it exports."""
+    result = run_train(
+        "fit",
+        f"--config=quickstart/{config}.yaml",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_checkpointing=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--model.init_args.backbone.card={card}",
+        f"--model.init_args.cache_dir={tmp_path / 'cache'}",
+        f"--data.init_args.builtin_root={builtin_root}",
+        f"--data.init_args.builtin_source={source}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=16",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (card_path,) = tmp_path.glob("*/version_0/export/card.json")
+    return json.loads(card_path.read_text())["metrics"]
+
+
 @pytest.mark.parametrize(
     ("config", "card", "sets", "extra"),
     [
@@ -289,25 +315,9 @@ def test_quickstart_adaptations_run_through_train_py(
 ):
     """The quickstart configs as a user runs them (on the tiny built-in suites): every
     evaluation set gets accuracy, macro F1 and its spectrum metric in the exported card."""
-    result = run_train(
-        "fit",
-        f"--config=quickstart/{config}.yaml",
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_checkpointing=false",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--model.init_args.backbone.card={request.getfixturevalue(card)}",
-        f"--model.init_args.cache_dir={tmp_path / 'cache'}",
-        f"--data.init_args.builtin_root={builtin_root}",
-        f"--data.init_args.builtin_source={tiny_fashion_mnist}",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.batch_size=16",
-        *extra,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (card_path,) = tmp_path.glob("*/version_0/export/card.json")
-    metrics = json.loads(card_path.read_text())["metrics"]
+    backbone = request.getfixturevalue(card)
+    source = tiny_fashion_mnist
+    metrics = quickstart_metrics(config, backbone, builtin_root, source, tmp_path, *extra)
     spectrum = "lsvr" if config.endswith("ood") else "sve"
     for name in sets:
         for key in (f"val/{name}/acc", f"val/{name}/f1", f"spectrum/{name}/{spectrum}"):

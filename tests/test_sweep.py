@@ -314,8 +314,12 @@ def test_the_clip_variant_swaps_captions_and_adapts_with_clip_normalisation(tmp_
     assert "quickstart/pretrain_clip.yaml" in pretraining
     assert "--data.init_args.caption_noise_ratio=0.2 " in pretraining
     adaptations = [command for label, command in commands.items() if "adapt/" in label]
-    assert len(adaptations) == 6 * len(ratios)
+    assert len(adaptations) == 8 * len(ratios)
     assert all("--data.init_args.transform.normalization=clip" in c for c in adaptations)
+    zeroshot = [c for label, c in commands.items() if "/zeroshot_" in label]
+    assert len(zeroshot) == 2 * len(ratios)  # nothing trains: validate, not fit
+    assert all(" validate --config " in c and "zeroshot_ood.yaml" in c for c in zeroshot)
+    assert all(" fit --config " in c for c in adaptations if c not in zeroshot)
 
 
 def test_config_mistakes_stop_before_any_run(tmp_path):
@@ -367,6 +371,29 @@ def test_averages_follow_the_paper_rule():
     rows = build_rows([], adapt)
     assert averages(rows, "id", "acc") == {"lp": {0.0: {0: pytest.approx(0.6)}, 0.1: {0: None}}}
     assert averages(rows, "ood", "acc") == {"lp": {0.0: {0: pytest.approx(0.4)}}}
+
+
+def test_a_wise_ft_run_adds_a_method_row_at_its_selected_alpha():
+    """The WiSE-FT callback's ``wise_ft/val/<set>/acc`` (best alpha on validation) becomes the
+    method ``ft+wise_ft``, averaged by the same rule; its per-alpha keys are not sets."""
+    run = record("ft", "id", "a", 0.0, {"val": 0.5, "test": 0.6})
+    run["metrics"] |= {
+        "wise_ft/best_alpha": 0.5,
+        "wise_ft/val/val/acc": 0.7,
+        "wise_ft/val/test/acc": 0.65,
+        "wise_ft/alpha_0.5/val/acc": 0.7,
+    }
+    rows = build_rows([], [run])
+    assert [(row["method"], row["test_set"]) for row in rows] == [
+        ("ft", "val"),
+        ("ft", "test"),
+        ("ft+wise_ft", "val"),
+        ("ft+wise_ft", "test"),
+    ]
+    assert averages(rows, "id", "acc") == {
+        "ft": {0.0: {0: pytest.approx(0.6)}},
+        "ft+wise_ft": {0.0: {0: pytest.approx(0.65)}},
+    }
 
 
 def test_the_report_names_the_kind_of_noise():
