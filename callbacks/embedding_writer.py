@@ -33,7 +33,7 @@ def merge_parts(parts: list[list[dict[str, Any]]]) -> dict[str, Any]:
 class EmbeddingWriter(BasePredictionWriter):
     """At the end of ``predict``, rank 0 writes ``<dirpath>/<set>.pt`` for every set the
     DataModule names (``train``, ``test-<set>``, ``val-<set>``) from all ranks' rows, and prints
-    the ``EmbeddingDataModule`` options that read them.
+    the ``EmbeddingDataModule`` options that read them (``directory``, or each file).
 
     Args:
         dirpath: Where the files go (default: ``embeddings`` inside the run's log folder).
@@ -62,11 +62,13 @@ class EmbeddingWriter(BasePredictionWriter):
             files[name] = directory.resolve() / f"{name}.pt"
             torch.save(merge_parts(parts), files[name])
         print(f"embeddings: {directory.resolve()}")
+        print(f"use: data.init_args.directory: {directory.resolve()}")
+        print("  or each file:")
         for split in ("train", "val", "test"):
             chosen = {n.split("-", 1)[-1]: str(p) for n, p in files.items() if n.startswith(split)}
             if chosen:
                 value = chosen["train"] if split == "train" else json.dumps(chosen)
-                print(f"use: data.init_args.{split}: {value}")
+                print(f"  data.init_args.{split}: {value}")
 
 
 def _gather(trainer: L.Trainer, outputs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -2,7 +2,9 @@
 
 One file per split, ``.pt`` (torch.save of a dict, loaded with ``weights_only=True``) or
 ``.npz``, holding ``features`` (N x D floats), ``labels`` (N ints) and optionally ``keys``
-(N strings; default ``<split>-<row>``). Keys drive the label noise, as for shards.
+(N strings; default ``<split>-<row>``). Keys drive the label noise, as for shards. A folder that
+``train.py predict`` wrote (``train.pt``, ``val-<set>.pt``, ``test-<set>.pt``) names its sets
+itself (``directory``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class EmbeddingDataModule(L.LightningDataModule):
         train: Training embeddings file.
         val: Validation file, or ``{name: file}`` for several sets.
         test: Test file(s), same form as ``val``.
+        directory: Instead of ``train``/``val``/``test``: a folder as ``train.py predict
+            --embed.dirpath`` writes it, ``train.pt`` and one ``val-<set>.pt`` or
+            ``test-<set>.pt`` per evaluation set.
+        test_in_validation: Evaluate the test sets at every validation epoch too (as the image
+            DataModule's option; a test set named like a validation set is ``test_<name>``).
         num_classes: Classes of the task; labels must lie in ``[0, num_classes)``.
         label_noise: ``none``, ``symmetric`` or ``asymmetric`` noise on training labels.
         noise_ratio: Probability that a training label is corrupted.
@@ -68,9 +75,11 @@ class EmbeddingDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train: str,
+        train: str | None = None,
         val: str | dict[str, str] | None = None,
         test: str | dict[str, str] | None = None,
+        directory: str | None = None,
+        test_in_validation: bool = False,
         num_classes: int = 10,
         label_noise: Literal["none", "symmetric", "asymmetric"] = "none",
         noise_ratio: float = 0.0,
@@ -84,11 +93,27 @@ class EmbeddingDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.files = {
-            "train": {"train": train},
-            "val": _named(val, "val"),
-            "test": _named(test, "test"),
-        }
+        if directory is not None:
+            if train or val or test:
+                raise ConfigError(
+                    "data.directory names every set itself: leave data.train, data.val and "
+                    "data.test empty (or drop data.directory)"
+                )
+            self.files = predicted_files(directory)
+        elif not train:
+            raise ConfigError(
+                "data.train is empty: give the training embeddings file, or data.directory "
+                "(a folder train.py predict wrote)"
+            )
+        else:
+            self.files = {
+                "train": {"train": train},
+                "val": _named(val, "val"),
+                "test": _named(test, "test"),
+            }
+        if test_in_validation:
+            for name, path in self.files["test"].items():
+                self.files["val"][name if name not in self.files["val"] else f"test_{name}"] = path
         self.num_classes = num_classes
         self.seed = seed
         self.noise = make_label_noise(
@@ -176,6 +201,24 @@ class EmbeddingDataModule(L.LightningDataModule):
             )
             loaders.append(DataLoader(EvaluationFeatures(share), self.eval_batch_size))
         return loaders
+
+
+def predicted_files(directory: str) -> dict[str, dict[str, str]]:
+    """The sets of a folder that ``train.py predict`` wrote: ``train.pt``, ``val-<set>.pt``
+    and ``test-<set>.pt`` (see ``callbacks/embedding_writer.py``)."""
+    folder = Path(directory)
+    if not (folder / "train.pt").is_file():
+        raise ConfigError(
+            f"data.directory: {folder} holds no train.pt; write it with python train.py predict "
+            f"--config <image config> --embed.dirpath {folder}"
+        )
+    files: dict[str, dict[str, str]] = {"train": {"train": str(folder / "train.pt")}}
+    for split in ("val", "test"):
+        files[split] = {
+            path.stem.removeprefix(f"{split}-"): str(path)
+            for path in sorted(folder.glob(f"{split}-*.pt"))
+        }
+    return files
 
 
 def _named(files: str | dict[str, str] | None, default: str) -> dict[str, str]:

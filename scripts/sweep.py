@@ -37,6 +37,10 @@ Sweep config (YAML; a ``config`` is a path, or a name under ``configs/`` as trai
           overrides: []                   # extra arguments for this run (optional)
         - config: quickstart/zeroshot_ood.yaml  # CLIP backbones: a zero-shot row; it runs
                                           # `train.py validate` (nothing trains)
+        - config: quickstart/nmtune_embeddings.yaml  # the black-box case: adapt on embeddings
+          embed: quickstart/nmtune_id.yaml  # that `train.py predict` wrote with this image
+          kind: id                        # config and the ratio's backbone (one embedding run
+          task: fmnist_heldout            # per backbone and embed config, shared by entries)
 
 The runner adds, after the config and before the overrides: ``--trainer.enable_progress_bar=
 false`` and, for adaptations, ``--model.init_args.cache_dir=<out>/cache/features`` (the
@@ -46,10 +50,15 @@ overrides: the noise ratio, or ``--model.init_args.backbone.card=<that ratio's c
 order and, in pre-training, which samples are noisy and their wrong labels), the logger's
 ``save_dir``/``name``/``version`` (the config needs a logger with those, e.g. TensorBoardLogger),
 ``--export.dirpath`` and ``--export.overwrite=true`` (a run's folder is its own: a rerun
-replaces its export). Output folder::
+replaces its export). An entry with ``embed`` is the black-box path: after the pre-trainings,
+``train.py predict --config <embed>`` runs once per backbone (with the common overrides, the
+card, the seed and ``--embed.dirpath``), then the entry's config (an ``EmbeddingDataModule``
+one) runs with its own overrides only and ``--data.init_args.directory=<those files>``.
+Output folder::
 
     <out>/seed_0/<pretrain name>/ratio_0.10/   a pre-training run (its card: export/card.json)
     <out>/seed_0/adapt/ratio_0.10/<name>/      an adaptation run of that backbone
+    <out>/seed_0/embed/ratio_0.10/<embed stem>/  the embedding files of that backbone
     <out>/summary.md, summary.csv, effects.csv, claims.md, claims.csv, correlations.csv,
     accuracy.png, spectrum.png                 the report (see scripts/report.py)
 
@@ -122,17 +131,23 @@ class Run:
     task: str = ""
     kind: str = ""
     exclude_sets: tuple[str, ...] = ()
-    pretrain_dir: Path | None = None  # the pre-training run an adaptation needs
+    needs: Path | None = None  # the run that must succeed first
+    needs_stage: str = "pre-training"  # what that run is, for the record of a skipped run
 
     @property
     def label(self) -> str:
         """The folder relative to the sweep's output folder (``seed_0/adapt/ratio_0.10/lp``)."""
         return "/".join(self.directory.parts[-3 if self.stage == "pretrain" else -4 :])
 
+    @property
+    def output(self) -> Path:
+        """The file a successful run leaves: its export card, or an embedding run's train.pt."""
+        return self.directory / ("train.pt" if self.stage == "embed" else "export/card.json")
+
     def record(self, status: str) -> dict[str, Any]:
         """What the report needs to know about the run; the log of a skipped adaptation is its
         pre-training's, which says why."""
-        log_dir = self.pretrain_dir if status == "skipped" and self.pretrain_dir else self.directory
+        log_dir = self.needs if status == "skipped" and self.needs else self.directory
         return {
             "status": status,
             "stage": self.stage,
@@ -151,9 +166,7 @@ class Run:
     def launched_outside(self) -> bool:
         """Finished by a hand-launched command (``--print-commands``): an export card, and no
         ``log.txt`` of a run the sweep launched itself."""
-        return (self.directory / "export" / "card.json").is_file() and not (
-            self.directory / LOG
-        ).is_file()
+        return self.output.is_file() and not (self.directory / LOG).is_file()
 
     def status(self) -> dict[str, Any]:
         """The run's record as its folder says: result.json, failed.json, else missing. Labels
@@ -236,6 +249,7 @@ def adaptation(entry: dict[str, Any], index: int) -> dict[str, Any]:
         "overrides": string_list(entry.get("overrides"), f"{where}.overrides"),
         # a zero-shot head trains nothing: validate scores it and exports its card
         "subcommand": "validate" if init_arg(config, "model", "method") == "zeroshot" else "fit",
+        "embed": find_config(entry["embed"], f"{where}.embed") if "embed" in entry else None,
     }
 
 
@@ -273,11 +287,18 @@ def plan(sweep: dict[str, Any], out: Path) -> list[Run]:
     if len({e["name"] for e in entries}) != len(entries):
         raise SweepError("adapt.runs: two runs have the same name; give them distinct `name`s")
     common = string_list(adapt.get("overrides"), "adapt.overrides")
-    return pretrainings + [
-        adapt_run(pretraining, entry, common, out)
-        for pretraining in pretrainings
-        for entry in entries
-    ]
+    embeddings: dict[tuple[Path, Path], Run] = {}  # (pre-training, embed config) -> its run
+    adaptations = []
+    for pretraining in pretrainings:
+        for entry in entries:
+            needs = None
+            if entry["embed"] is not None:
+                key = (pretraining.directory, entry["embed"])
+                if key not in embeddings:
+                    embeddings[key] = embed_run(pretraining, entry, common, out)
+                needs = embeddings[key]
+            adaptations.append(adapt_run(pretraining, entry, common, out, needs))
+    return pretrainings + list(embeddings.values()) + adaptations
 
 
 def pretrain_runs(pre: dict[str, Any], out: Path, seed: int) -> list[Run]:
@@ -306,16 +327,29 @@ def pretrain_runs(pre: dict[str, Any], out: Path, seed: int) -> list[Run]:
     return runs
 
 
-def adapt_run(pretraining: Run, entry: dict[str, Any], common: tuple[str, ...], out: Path) -> Run:
-    """One adaptation of ``pretraining``'s exported backbone."""
+def adapt_run(
+    pretraining: Run,
+    entry: dict[str, Any],
+    common: tuple[str, ...],
+    out: Path,
+    embedding: Run | None = None,
+) -> Run:
+    """One adaptation of ``pretraining``'s exported backbone, or of the embeddings that
+    ``embedding`` wrote with it (then only the entry's own overrides apply)."""
     folder = out / seed_folder(pretraining.seed) / "adapt" / ratio_folder(pretraining.ratio)
     folder = folder / entry["name"]
+    if embedding is None:
+        source = (
+            f"--model.init_args.cache_dir={out / 'cache' / 'features'}",
+            *common,
+            *entry["overrides"],
+            f"--model.init_args.backbone.card={pretraining.directory / 'export' / 'card.json'}",
+        )
+    else:
+        source = (*entry["overrides"], f"--data.init_args.directory={embedding.directory}")
     args = (
         *base_args(entry["config"], entry["subcommand"]),
-        f"--model.init_args.cache_dir={out / 'cache' / 'features'}",
-        *common,
-        *entry["overrides"],
-        f"--model.init_args.backbone.card={pretraining.directory / 'export' / 'card.json'}",
+        *source,
         *seed_args(pretraining.seed),
         *output_args(folder),
     )
@@ -327,8 +361,37 @@ def adapt_run(pretraining: Run, entry: dict[str, Any], common: tuple[str, ...], 
         pretraining.seed,
         folder,
         args,
-        pretrain_dir=pretraining.directory,
+        needs=(embedding or pretraining).directory,
+        needs_stage="pre-training" if embedding is None else "embedding run",
         **labels,
+    )
+
+
+def embed_run(pretraining: Run, entry: dict[str, Any], common: tuple[str, ...], out: Path) -> Run:
+    """``train.py predict`` with the entry's ``embed`` image config and ``pretraining``'s
+    backbone: the embedding files its adaptations read (``data.directory``)."""
+    config = entry["embed"]
+    folder = out / seed_folder(pretraining.seed) / "embed" / ratio_folder(pretraining.ratio)
+    folder = folder / config.stem
+    args = (
+        *base_args(config, "predict"),
+        f"--model.init_args.cache_dir={out / 'cache' / 'features'}",
+        *common,
+        f"--model.init_args.backbone.card={pretraining.directory / 'export' / 'card.json'}",
+        *seed_args(pretraining.seed),
+        *output_args(folder)[:3],  # the logger's folder; predict exports nothing
+        f"--embed.dirpath={folder}",
+    )
+    return Run(
+        "embed",
+        pretraining.pretrain,
+        pretraining.ratio,
+        pretraining.seed,
+        folder,
+        args,
+        name=config.stem,
+        task=entry["task"],
+        needs=pretraining.directory,
     )
 
 
@@ -382,18 +445,25 @@ def execute(run: Run, env: dict[str, str] | None = None) -> dict[str, Any]:
         code = subprocess.run(
             command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False
         ).returncode
-    card = run.directory / "export" / "card.json"
     seconds = round(time.monotonic() - start, 1)
-    if code == 0 and card.is_file():
-        record = {**run.record("ok"), "card": str(card), **card_summary(card)}
+    if code == 0 and run.output.is_file():
+        record = {**run.record("ok"), **output_summary(run)}
     else:
-        reason = f"exit {code}: {failure_reason(log)}" if code else "exit 0 but no export card"
+        missing = f"exit 0 but no {run.output.relative_to(run.directory)}"
+        reason = f"exit {code}: {failure_reason(log)}" if code else missing
         record = {**run.record("failed"), "reason": reason}
     record |= {"command": command, "returncode": code, "seconds": seconds}
     (run.directory / (RESULT if record["status"] == "ok" else FAILED)).write_text(
         json.dumps(record, indent=2)
     )
     return record
+
+
+def output_summary(run: Run) -> dict[str, Any]:
+    """What a finished run left: its card's summary, or an embedding run's files."""
+    if run.stage == "embed":
+        return {"files": sorted(path.name for path in run.directory.glob("*.pt"))}
+    return {"card": str(run.output), **card_summary(run.output)}
 
 
 def card_summary(card: Path) -> dict[str, Any]:
@@ -409,8 +479,7 @@ def card_summary(card: Path) -> dict[str, Any]:
 
 def adopt(run: Run) -> None:
     """Write ``result.json`` for a run launched outside the sweep, from its export card."""
-    card = run.directory / "export" / "card.json"
-    record = {**run.record("ok"), "card": str(card), **card_summary(card)}
+    record = {**run.record("ok"), **output_summary(run)}
     record |= {"command": "launched outside the sweep", "returncode": 0, "seconds": None}
     (run.directory / RESULT).write_text(json.dumps(record, indent=2))
 
@@ -418,7 +487,7 @@ def adopt(run: Run) -> None:
 def skip(run: Run) -> dict[str, Any]:
     """Record an adaptation whose backbone is missing as skipped, pointing at the reason."""
     run.directory.mkdir(parents=True, exist_ok=True)
-    record = {**run.record("skipped"), "reason": "its pre-training did not succeed"}
+    record = {**run.record("skipped"), "reason": f"its {run.needs_stage} did not succeed"}
     (run.directory / FAILED).write_text(json.dumps(record, indent=2))
     return record
 
@@ -469,8 +538,12 @@ def run_sweep(runs: list[Run], jobs: int) -> int:
     env = parallel_env(jobs)
 
     def step(run: Run) -> None:
-        ready = (run.pretrain_dir / RESULT).is_file()
+        ready = run.needs is None or (run.needs / RESULT).is_file()
         progress.report(run, execute(run, env) if ready else skip(run))
+
+    for run in todo:  # embeddings, one after the other, before the runs that read them
+        if run.stage == "embed":
+            step(run)
 
     adaptations = [run for run in todo if run.stage == "adapt"]
     in_parallel(chains(adaptations), jobs, step)

@@ -180,6 +180,24 @@ def test_bad_embeddings_stop_before_training(tmp_path, files, message):
         data.setup("fit")
 
 
+def test_a_predicted_folder_names_its_sets(tmp_path):
+    """``data.directory``: the files ``train.py predict`` writes, each set by its name; with
+    ``test_in_validation`` the test sets join the validation pass."""
+    for name in ("train", "val-val", "test-test", "test-gaussian_noise"):
+        write_embeddings(tmp_path / f"{name}.pt", 40, 12, 4)
+    data = EmbeddingDataModule(directory=str(tmp_path), num_classes=4, test_in_validation=True)
+    assert data.eval_names("val") == ["val", "gaussian_noise", "test"]
+    assert data.eval_names("test") == ["gaussian_noise", "test"]
+    data.setup("fit")
+    assert data.embedding_dim == 12
+    with pytest.raises(ConfigError, match=r"leave data\.train, data\.val and data\.test empty"):
+        EmbeddingDataModule(train="x.pt", directory=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"holds no train\.pt; write it with python train\.py"):
+        EmbeddingDataModule(directory=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"data\.train is empty"):
+        EmbeddingDataModule()
+
+
 def test_unknown_method_is_a_one_line_error(tmp_path):
     result = run_train(
         "fit",
@@ -404,16 +422,15 @@ def test_embed_with_train_py_predict_then_adapt_on_the_files(
     assert len(train["labels"]) == len(train["features"]) and set(train["labels"].tolist()) <= set(
         range(10)
     )
-    assert f"use: data.init_args.train: {(embeddings / 'train.pt').resolve()}" in embedded.stdout
+    assert f"use: data.init_args.directory: {embeddings.resolve()}" in embedded.stdout
+    assert f"data.init_args.train: {(embeddings / 'train.pt').resolve()}" in embedded.stdout
 
     adapted = run_train(
         "fit",
         "--config=quickstart/nmtune_embeddings.yaml",
         "--trainer.max_epochs=2",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--data.init_args.train={embeddings / 'train.pt'}",
-        f'--data.init_args.val={{"val": "{embeddings / "val-val.pt"}", '
-        f'"test": "{embeddings / "test-test.pt"}"}}',
+        f"--data.init_args.directory={embeddings}",
     )
     assert adapted.returncode == 0, adapted.stderr[-3000:]
     (card_path,) = tmp_path.glob("quickstart_nmtune_embeddings/version_0/export/card.json")

@@ -162,8 +162,8 @@ CASES = {
     r"not found",
     "invalid strategy name": r"trainer: You selected an invalid strategy name: `strategy='ddpp'`",
     "checkpoint of another model": r"--ckpt_path \S+other\.ckpt was written for another model",
-    "embeddings config without its files": r"data\.train\.train: embeddings file not found: "
-    r"\S+none\.pt",
+    "embeddings config without its files": r"data\.directory: \S+none holds no train\.pt; "
+    r"write it with python train\.py predict",
     "paper FS config without data": r"data\.train_shards: 1024 of 1024 shards not found",
     "paper CLIP config without data": r"data\.train_shards: 2776 of 2776 shards not found",
     "paper NMTune config without a card": r"--model\.init_args\.backbone\.card: no backbone "
@@ -216,7 +216,7 @@ def outcomes(
         "embeddings config without its files": [
             "fit",
             "--config=quickstart/nmtune_embeddings.yaml",
-            f"--data.init_args.train={tmp / 'none.pt'}",
+            f"--data.init_args.directory={tmp / 'none'}",
             f"--trainer.logger.init_args.save_dir={tmp / 'runs' / 'embeddings'}",
         ],
         "missing noise_transitions file": quick(

@@ -258,6 +258,47 @@ def test_failed_runs_are_reported_and_the_others_complete(
     assert "| lp_broken | – | – | – |" in summary  # no average from failed runs
 
 
+def test_the_sweep_adapts_on_the_embeddings_of_each_backbone(
+    micro, builtin_root, tiny_fashion_mnist, tmp_path
+):
+    """An ``embed`` entry: one ``train.py predict`` per backbone writes its embedding files,
+    then NMTune trains on them (the black-box path), reported as any other method."""
+    _, done, _ = micro
+    shutil.copytree(done / "seed_0", tmp_path / "out" / "seed_0")  # the backbones, done
+    black_box = {
+        "config": "quickstart/nmtune_embeddings.yaml",
+        "embed": "quickstart/lp_id.yaml",
+        "name": "nmtune_embeddings",
+        "kind": "id",
+        "task": "fmnist_heldout",
+        "overrides": ["--trainer.max_epochs=2"],
+    }
+    config = sweep_config(
+        tmp_path, builtin_root, tiny_fashion_mnist, seeds=[0], adapt={"runs": [black_box]}
+    )
+    result = run_sweep(config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "plan: 6 runs, 2 done, 4 to run" in result.stdout
+
+    out = tmp_path / "out"
+    for ratio in ("0.00", "0.10"):
+        embedded = out / f"seed_0/embed/ratio_{ratio}/lp_id"
+        assert {p.name for p in embedded.glob("*.pt")} == {"train.pt", "val-val.pt", "test-test.pt"}
+        command = (embedded / "log.txt").read_text().splitlines()[0]
+        card = out / f"seed_0/pretrain_fs/ratio_{ratio}/export/card.json"
+        assert " predict --config " in command and f"backbone.card={card}" in command
+        adapted = out / f"seed_0/adapt/ratio_{ratio}/nmtune_embeddings/log.txt"
+        command = adapted.read_text().splitlines()[0]
+        assert f"--data.init_args.directory={embedded}" in command
+        assert "builtin_root" not in command  # the common image overrides stay with predict
+    rows = read_summary(out)
+    assert {(row["method"], row["test_set"], row["status"]) for row in rows} == {
+        ("nmtune", "val", "ok"),
+        ("nmtune", "test", "ok"),
+    }
+    assert all(0 <= float(row["acc"]) <= 100 for row in rows)
+
+
 def test_one_ratio_launched_by_hand_is_adopted_and_the_rest_of_it_runs(
     builtin_root, tiny_fashion_mnist, tmp_path
 ):
