@@ -30,10 +30,6 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-# Run as `python scripts/report.py` from a checkout, without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
 from scripts.claims import (
     CORRELATION_COLUMNS,
     correlations,

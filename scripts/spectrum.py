@@ -39,9 +39,6 @@ from typing import Any
 
 import torch
 
-# Run as `python scripts/spectrum.py` from a checkout, without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from callbacks.spectrum import (
     CENTER_MODES,
     METRIC_NAMES,

@@ -100,9 +100,6 @@ from typing import Any
 
 import yaml
 
-# Run as `python scripts/sweep.py` from a checkout, without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from scripts.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,9 +37,6 @@ from typing import Any
 
 from PIL import Image
 
-# Run as `python scripts/write_shards.py` from a checkout, without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 Sample = dict[str, Any]
 Skip = tuple[str, str]
 # PIL format -> webdataset extension for the formats every reader decodes; others become png.
@@ -236,10 +233,9 @@ def prepare_out_dir(out_dir: Path, split: str, info: dict[str, Any], overwrite: 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="write_shards.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `write_shards.py folder --help` or `write_shards.py csv --help` for details.",
+        epilog="Run it with `folder --help` or `csv --help` for each layout's options.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{folder,csv}")
 
