@@ -36,6 +36,7 @@ import yaml
 from jsonargparse import ArgumentError, ArgumentParser, Namespace
 from lightning import LightningDataModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -44,6 +45,7 @@ from callbacks.embedding_writer import EmbeddingWriter
 from callbacks.export import ExportBackbone
 from callbacks.run_summary import RunSummary
 from callbacks.spectrum_monitor import SpectrumMonitor
+from callbacks.throughput import SampleThroughput
 from datamodules.base import ShardDataModule
 from datamodules.builtin import BuiltinDataError
 from datamodules.embeddings import EmbeddingDataModule
@@ -478,6 +480,9 @@ class SuiteCLI(LightningCLI):
         parser.add_lightning_class_args(SpectrumMonitor, "spectrum")
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.add_lightning_class_args(EmbeddingWriter, "embed")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(SampleThroughput, "throughput")
         parser.add_argument(
             "--allow_unsafe_checkpoint_loading", type=bool, default=False, help=UNSAFE_LOADING_HELP
         )
@@ -534,6 +539,10 @@ class SuiteCLI(LightningCLI):
         arguments = self.config_init["fit"]
         if arguments.get("ckpt_path") == "last":
             arguments["ckpt_path"] = str(find_last_checkpoint(self.trainer))
+        if not self.trainer.loggers:  # Lightning's monitor refuses to run without a logger
+            self.trainer.callbacks = [
+                cb for cb in self.trainer.callbacks if not isinstance(cb, LearningRateMonitor)
+            ]
         self.check_before_running("fit")
 
     def before_validate(self) -> None:

@@ -301,11 +301,11 @@ class Adaptation(NoisyTrainingModule):
         ``backbone_lr_scale``) beside it."""
         groups = self.classifier.parameter_groups()
         if self.transform is not None:
-            groups = [ParameterGroup(self.transform), *groups]
+            groups = [ParameterGroup(self.transform, name="mlp"), *groups]
         if self.backbone is None:
             return groups
         scale = self.backbone_lr_scale if self.method == "ft" else 1.0
-        return [*groups, ParameterGroup(self.backbone, scale)]
+        return [*groups, ParameterGroup(self.backbone, scale, name="backbone")]
 
     @property
     def feature_dim(self) -> int:
@@ -402,7 +402,6 @@ class Adaptation(NoisyTrainingModule):
         return config
 
     def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
         if self.backbone is not None:  # a frozen Backbone stays in eval mode; LoRA/FT train
             self.backbone.train()
 

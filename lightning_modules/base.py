@@ -1,11 +1,11 @@
-"""What every training module shares: optimiser and schedule, hyperparameters, throughput,
-export hook."""
+"""What every training module shares: optimiser and schedule, hyperparameters, export hook.
+The learning rate and the throughput are logged by Lightning's ``LearningRateMonitor`` and
+``ThroughputMonitor`` (``train.py`` adds both)."""
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,10 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.lr must be positive, got {self.lr}")
 
     def lr_factor(self, step: int, total_steps: int, warmup_steps: int) -> float:
-        """Linear warm-up then ``min + (1 - min) * (1 + cos(pi * progress)) / 2``."""
+        """Linear warm-up ``(step + 1) / warmup`` then ``min + (1 - min) * (1 + cos(pi *
+        progress)) / 2``: the official code's ``cosine_lr`` (from wise-ft) at ``min`` 0. Written
+        here because timm's ``CosineLRScheduler`` warms up from ``warmup_lr_init`` instead, which
+        would move every warm-up step off the official schedule."""
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         if self.schedule == "constant":
@@ -73,11 +76,13 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class ParameterGroup:
     """Parameters optimised together: a learning-rate scale and, when set, their own weight
-    decay (else ``optimizer.weight_decay``)."""
+    decay (else ``optimizer.weight_decay``). ``name`` names its learning rate in the logs
+    (``train/lr/<name>``; timm's second group of it, the weights with decay: ``<name>_2``)."""
 
     module: torch.nn.Module
     lr_scale: float = 1.0
     weight_decay: float | None = None
+    name: str = "model"
 
 
 class NoisyTrainingModule(L.LightningModule):
@@ -95,8 +100,8 @@ class NoisyTrainingModule(L.LightningModule):
             self.save_hyperparameters({**plain, "_instantiator": CLI_INSTANTIATOR})
         self.optimizer_config = optimizer
         self.input_config: dict[str, Any] | None = None
-        self._epoch_samples = 0
-        self._epoch_start = 0.0
+        # Lightning's ThroughputMonitor reports FLOPs when a module defines them; none here
+        self.flops_per_batch: int | None = None
 
     @property
     def hparams_initial(self) -> AttributeDict:
@@ -174,13 +179,14 @@ class NoisyTrainingModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_config
         groups = [
-            {**group, "lr": cfg.lr * spec.lr_scale}
+            {**group, "lr": cfg.lr * spec.lr_scale, "name": spec.name}
             for spec in self.parameter_groups()
             for group in param_groups_weight_decay(  # no decay on norms and biases, as timm
                 spec.module, cfg.weight_decay if spec.weight_decay is None else spec.weight_decay
             )
             if group["params"]
         ]
+        name_groups(groups)
         optimizer = create_optimizer_v2(
             groups,
             opt=cfg.name,
@@ -196,21 +202,19 @@ class NoisyTrainingModule(L.LightningModule):
         )
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            # LearningRateMonitor logs each group as train/lr/<group name>
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
 
-    # --- throughput and learning-rate logging ---------------------------------------------------
-    def on_train_epoch_start(self) -> None:
-        self._epoch_samples = 0
-        self._epoch_start = time.perf_counter()
 
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        self._epoch_samples += len(batch["key"])
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-
-    def on_train_epoch_end(self) -> None:
-        elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
-        self.log("train/samples_per_s", self._epoch_samples / elapsed * self.trainer.world_size)
+def name_groups(groups: list[dict[str, Any]]) -> None:
+    """Unique names for the learning-rate logs: a module's groups after the first (timm puts
+    norms and biases, without weight decay, in their own) get ``_2``, ``_3``..."""
+    seen: dict[str, int] = {}
+    for group in groups:
+        seen[group["name"]] = seen.get(group["name"], 0) + 1
+        if seen[group["name"]] > 1:
+            group["name"] = f"{group['name']}_{seen[group['name']]}"
 
 
 def _plain(value: Any) -> Any:

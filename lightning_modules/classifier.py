@@ -159,7 +159,7 @@ class LinearClassifier(nn.Linear):
         return loss, loss
 
     def parameter_groups(self) -> list[ParameterGroup]:
-        return [ParameterGroup(self)]
+        return [ParameterGroup(self, name="head")]
 
     def add_evaluation_set(self, name: str, classes: Sequence[int] | None = None) -> None:
         self.metrics[name] = ScoredSet(name, self.num_classes, classes)

@@ -196,7 +196,6 @@ class ContrastivePretraining(NoisyTrainingModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 

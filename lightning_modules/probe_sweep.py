@@ -75,7 +75,7 @@ class WeightDecaySweep(nn.Module):
     def parameter_groups(self) -> list[ParameterGroup]:
         """Each head in its own group, with its own weight decay."""
         return [
-            ParameterGroup(head, weight_decay=weight_decay)
+            ParameterGroup(head, weight_decay=weight_decay, name=weight_decay_label(weight_decay))
             for head, weight_decay in zip(self.heads, self.weight_decays, strict=True)
         ]
 

@@ -57,11 +57,11 @@ def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_pat
     logged = scalars(run_dir)
     for tag in (
         "train/loss_step",
-        "train/lr",
+        "train/lr/model",
         "train/acc_observed",
         "train/acc_clean",
         "train/memorised",
-        "train/samples_per_s",
+        "train/device/samples_per_sec",
         "noise/realised_rate",
         "data/skipped_decode_error",
         "val/val/top1",
