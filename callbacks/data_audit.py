@@ -15,12 +15,15 @@ class DataAudit(L.Callback):
 
     Logged per epoch: ``noise/realised_rate`` (noisy / seen, from each batch's ``is_noisy``),
     ``noise/nominal_ratio`` and ``noise/expected_rate`` (from the DataModule),
-    ``data/seen_samples`` (what a training subset or the epoch length leaves), and
-    ``data/skipped_<reason>`` for every skip reason of the pipeline.
+    ``data/seen_samples`` (what a training subset or the epoch length leaves),
+    ``data/skipped`` (all skipped samples) and ``data/skipped_<reason>`` for each skip reason
+    of the pipeline from the first epoch it is non-zero on (six flat zero charts would crowd
+    TensorBoard's first screen).
     """
 
     def __init__(self) -> None:
         self.counts = torch.zeros(2 + len(SKIP_REASONS), dtype=torch.float64)
+        self.skip_reasons_seen: set[str] = set()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.counts.zero_()
@@ -50,6 +53,9 @@ class DataAudit(L.Callback):
             nominal = summary()
             metrics["noise/nominal_ratio"] = float(nominal["ratio"])
             metrics["noise/expected_rate"] = float(nominal["expected_rate"])
+        metrics["data/skipped"] = float(totals[2:].sum())
         for reason, count in zip(SKIP_REASONS, totals[2:].tolist(), strict=True):
-            metrics[f"data/skipped_{reason}"] = count
+            if count or reason in self.skip_reasons_seen:  # the totals agree on every rank
+                self.skip_reasons_seen.add(reason)
+                metrics[f"data/skipped_{reason}"] = count
         pl_module.log_dict(metrics, on_epoch=True, sync_dist=False)

@@ -5,9 +5,9 @@ The official ``src/wise_ft.py`` evaluates ``theta_alpha = (1 - alpha) theta_0 + 
 over the whole classifier (backbone and head) for each ``--alpha`` and reports every one; it
 chooses none. Here each alpha's accuracy, macro F1 and loss are logged (TensorBoard tag
 ``wise_ft/<set>/<metric>_vs_alpha``, step = 100 x alpha), and the alpha with the best accuracy
-on ``selection`` is recorded with its metrics (``wise_ft/best_alpha``, ``wise_ft/val/<set>/...``)
-in the trainer's metrics, so the export card and the sweep's report carry them. The fine-tuned
-weights (alpha 1) stay the model that is exported.
+on ``selection`` is recorded with its metrics (``wise_ft/best_alpha``,
+``wise_ft/<val or test>/<set>/<metric>``) in the trainer's metrics, so the export card and the
+sweep's report carry them. The fine-tuned weights (alpha 1) stay the model that is exported.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import lightning as L
 import torch
 
 from datamodules.errors import ConfigError
+from lightning_modules import metric_keys
 from lightning_modules.wise_ft import interpolate_weights
 
 DEFAULT_ALPHAS = tuple(round(0.1 * step, 1) for step in range(11))
@@ -81,13 +82,19 @@ class WiseFT(L.Callback):
         self._log(trainer, self.scores, best)
 
     def _log(self, trainer: L.Trainer, scores: dict[float, dict[str, float]], best: float) -> None:
+        kind = trainer.datamodule.evaluation_kind
+
+        def tag(key: str) -> str:  # <set>/<metric> -> <val or test>/<set>/<metric>
+            name, _, metric = key.rpartition("/")
+            return metric_keys.evaluation_tag(kind("val", name), name, metric)
+
         results = {"wise_ft/best_alpha": best}
-        results |= {f"wise_ft/val/{key}": value for key, value in scores[best].items()}
+        results |= {f"wise_ft/{tag(key)}": value for key, value in scores[best].items()}
         results |= {
-            f"wise_ft/alpha_{alpha:g}/{key}": value
+            f"wise_ft/alpha_{alpha:g}/{tag(key)}": value
             for alpha, values in scores.items()
             for key, value in values.items()
-            if key.endswith("/acc")
+            if key.endswith(f"/{metric_keys.ACCURACY}")
         }
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in results.items()})
         if trainer.logger is None or not trainer.is_global_zero:

@@ -8,6 +8,7 @@ import lightning as L
 
 from datamodules.builtin import BuiltinDataError, builtin_dataset, prepare_builtin
 from datamodules.errors import ConfigError
+from datamodules.evaluation import EvaluationKinds, validation_sets
 from datamodules.pipeline import EpochLoader, SampleFormat, ShardStream, check_enough_shards
 from datamodules.shards import ShardSpec, ShardSpecError, parse_shards
 from datamodules.transforms import TransformConfig
@@ -15,7 +16,7 @@ from datamodules.transforms import TransformConfig
 Shards = str | dict[str, str] | None
 
 
-class ShardDataModule(L.LightningDataModule):
+class ShardDataModule(EvaluationKinds, L.LightningDataModule):
     """Reads webdataset shards through the one pipeline of :mod:`datamodules.pipeline`.
 
     Args:
@@ -29,7 +30,8 @@ class ShardDataModule(L.LightningDataModule):
             given explicitly win. ``fashion_mnist`` (pre-training; both layouts), and the
             classification-only downstream suites ``fmnist_heldout``, ``digits``,
             ``lfw_faces`` (in-domain) and ``fmnist_shift`` (out-of-domain: test sets
-            ``clean``, ``rotate``, ``invert``, ``blur``, ``noise``, ``low_contrast``).
+            ``clean``, ``rotate``, ``invert``, ``gaussian_blur``, ``gaussian_noise``,
+            ``contrast``).
         builtin_root: Folder for the built-in shards.
         builtin_source: Folder with the Fashion-MNIST idx files of the built-in data (default:
             Debian's ``dataset-fashion-mnist`` path or ``$FASHION_MNIST_DIR``).
@@ -49,8 +51,11 @@ class ShardDataModule(L.LightningDataModule):
         allow_shard_commands: Allow shard URLs that make webdataset run a command (``pipe:``,
             ``http(s)`` through curl, ``gs``/``s3`` through their CLIs). Off: only local files.
         test_in_validation: Also evaluate the test sets at every validation epoch, each logged
-            under its own name, so one ``fit`` reports the held-out or shifted test sets (the
-            adaptation configs do this; ``train.py test`` evaluates them on their own).
+            under its own name as ``test/<set>/...``, so one ``fit`` reports the held-out or
+            shifted test sets (the adaptation configs do this; ``train.py test`` evaluates them
+            on their own).
+        mean_excludes: Test sets left out of ``test/mean/<metric>`` (the in-distribution copy
+            of an OOD suite, as the report's default ``exclude_sets``).
     """
 
     layout: ClassVar[str]
@@ -75,6 +80,7 @@ class ShardDataModule(L.LightningDataModule):
         max_skip_fraction: float = 0.01,
         allow_shard_commands: bool = False,
         test_in_validation: bool = False,
+        mean_excludes: list[str] | None = None,
     ) -> None:
         super().__init__()
         _require(batch_size >= 1, "batch_size", batch_size, "a positive integer")
@@ -111,6 +117,8 @@ class ShardDataModule(L.LightningDataModule):
         self.max_skip_fraction = max_skip_fraction
         self.allow_shard_commands = allow_shard_commands
         self.test_in_validation = test_in_validation
+        self.mean_excludes = tuple(["clean"] if mean_excludes is None else mean_excludes)
+        self.tests_in_validation: set[str] = set()
         self.train_spec: ShardSpec | None = None
         self.eval_specs: dict[str, dict[str, ShardSpec]] = {"val": {}, "test": {}}
         self._parsed: dict[tuple[str, str, tuple[float, ...] | None], ShardSpec] = {}
@@ -147,13 +155,10 @@ class ShardDataModule(L.LightningDataModule):
             self.batches_per_rank()  # fail now, not at the first epoch
         elif stage == "predict" and train:  # embedded like the evaluation sets
             self.train_spec = self._parse(train, "train_shards", self.source_weights)
-        self.eval_specs["val"] = self._parse_named(val, "val_shards")
         self.eval_specs["test"] = self._parse_named(test, "test_shards")
-        if self.test_in_validation:
-            for name, spec in self.eval_specs["test"].items():
-                self.eval_specs["val"][
-                    name if name not in self.eval_specs["val"] else f"test_{name}"
-                ] = spec
+        self.eval_specs["val"], self.tests_in_validation = validation_sets(
+            self._parse_named(val, "val_shards"), self.eval_specs["test"], self.test_in_validation
+        )
 
     def train_dataloader(self) -> EpochLoader:
         assert self.train_spec is not None, "setup('fit') must run first"

@@ -165,6 +165,7 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         FASHION_MNIST_CLASSES,
         lambda layout, source: suites.shift_splits(*_fashion_mnist_file(source, "t10k")),
         test_sets=tuple(suites.SHIFTS),
+        version=2,  # 2: the ImageNet-C names (gaussian_noise, gaussian_blur, contrast)
     ),
 }
 

@@ -19,16 +19,17 @@ In-domain (ID) tasks, each with ``train`` / ``val`` / ``test``:
 Out-of-domain (OOD) task ``fmnist_shift``: ``train`` and ``val`` are the ``fmnist_heldout``
 images (the clean source distribution); ``test`` is several named sets, each the 3,000
 ``fmnist_heldout`` test images under one deterministic shift, in the spirit of ImageNet-C. A
-shifted image keeps the key of its source image, so the sets pair up by key:
+shifted image keeps the key of its source image, so the sets pair up by key. The shifts that
+ImageNet-C has carry its names (``gaussian_noise``, ``gaussian_blur``, ``contrast``):
 
 * ``clean``: unchanged;
 * ``rotate``: rotated (bilinear, black fill) by ``s * (15 + 20 u1)`` degrees, ``s = -1`` when
   ``u2 < 0.5`` else ``+1``, with ``u1, u2`` uniforms drawn from a generator seeded by the key;
 * ``invert``: ``255 - x``;
-* ``blur``: PIL ``GaussianBlur(radius=1.0)``;
-* ``noise``: ``clip(x + N(0, 40^2), 0, 255)`` rounded, the noise drawn from a generator seeded
-  by the key;
-* ``low_contrast``: ``77 + floor(0.4 x)``: the range 0..255 squeezed into 77..179.
+* ``gaussian_blur``: PIL ``GaussianBlur(radius=1.0)``;
+* ``gaussian_noise``: ``clip(x + N(0, 40^2), 0, 255)`` rounded, the noise drawn from a
+  generator seeded by the key;
+* ``contrast``: ``77 + floor(0.4 x)``: the range 0..255 squeezed into 77..179.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def invert(pixels: np.ndarray, key: str) -> np.ndarray:
     return 255 - pixels
 
 
-def blur(pixels: np.ndarray, key: str) -> np.ndarray:
+def gaussian_blur(pixels: np.ndarray, key: str) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius=1.0)))
 
 
@@ -89,7 +90,7 @@ def gaussian_noise(pixels: np.ndarray, key: str) -> np.ndarray:
     return np.clip(np.rint(pixels + noise), 0, 255).astype(np.uint8)
 
 
-def low_contrast(pixels: np.ndarray, key: str) -> np.ndarray:
+def contrast(pixels: np.ndarray, key: str) -> np.ndarray:
     return (77 + (2 * pixels.astype(np.uint16)) // 5).astype(np.uint8)
 
 
@@ -97,9 +98,9 @@ SHIFTS: dict[str, Callable[[np.ndarray, str], np.ndarray]] = {
     "clean": lambda pixels, key: pixels,
     "rotate": rotate,
     "invert": invert,
-    "blur": blur,
-    "noise": gaussian_noise,
-    "low_contrast": low_contrast,
+    "gaussian_blur": gaussian_blur,
+    "gaussian_noise": gaussian_noise,
+    "contrast": contrast,
 }
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.classification import make_label_noise, noise_summary
 from datamodules.errors import ConfigError
+from datamodules.evaluation import EvaluationKinds, validation_sets
 from datamodules.features import EvaluationFeatures, FeatureRows, training_features
 from datamodules.subset import TrainingSubset
 
@@ -47,7 +48,7 @@ def load_embeddings(path: str, option: str) -> FeatureRows:
     return FeatureRows(features, keys, labels)
 
 
-class EmbeddingDataModule(L.LightningDataModule):
+class EmbeddingDataModule(EvaluationKinds, L.LightningDataModule):
     """Train and evaluate heads on embedding files instead of images.
 
     Args:
@@ -59,6 +60,7 @@ class EmbeddingDataModule(L.LightningDataModule):
             ``test-<set>.pt`` per evaluation set.
         test_in_validation: Evaluate the test sets at every validation epoch too (as the image
             DataModule's option; a test set named like a validation set is ``test_<name>``).
+        mean_excludes: Test sets left out of ``test/mean/<metric>``.
         num_classes: Classes of the task; labels must lie in ``[0, num_classes)``.
         label_noise: ``none``, ``symmetric`` or ``asymmetric`` noise on training labels.
         noise_ratio: Probability that a training label is corrupted.
@@ -80,6 +82,7 @@ class EmbeddingDataModule(L.LightningDataModule):
         test: str | dict[str, str] | None = None,
         directory: str | None = None,
         test_in_validation: bool = False,
+        mean_excludes: list[str] | None = None,
         num_classes: int = 10,
         label_noise: Literal["none", "symmetric", "asymmetric"] = "none",
         noise_ratio: float = 0.0,
@@ -111,9 +114,10 @@ class EmbeddingDataModule(L.LightningDataModule):
                 "val": _named(val, "val"),
                 "test": _named(test, "test"),
             }
-        if test_in_validation:
-            for name, path in self.files["test"].items():
-                self.files["val"][name if name not in self.files["val"] else f"test_{name}"] = path
+        self.files["val"], self.tests_in_validation = validation_sets(
+            self.files["val"], self.files["test"], test_in_validation
+        )
+        self.mean_excludes = tuple(["clean"] if mean_excludes is None else mean_excludes)
         self.num_classes = num_classes
         self.seed = seed
         self.noise = make_label_noise(

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 from datamodules.errors import ConfigError
 from datamodules.transforms import TwoViewTransformConfig
+from lightning_modules import metric_keys
 from lightning_modules.backbones import Backbone, BackboneConfig
 from lightning_modules.base import NoisyTrainingModule, OptimizerConfig, ParameterGroup
 from lightning_modules.classifier import ClassifierHead, LinearClassifier
@@ -370,9 +371,20 @@ class Adaptation(NoisyTrainingModule):
 
     def _log_evaluation(self, split: str, selection: str | None) -> None:
         """Every set's accuracy, macro F1 and loss (after a weight-decay sweep re-selects its
-        head on ``selection``); already synced across ranks by torchmetrics."""
-        logs = self.classifier.compute(self.trainer.datamodule.eval_names(split), selection)
-        self.log_dict({f"{split}/{key}": value for key, value in logs.items()}, sync_dist=False)
+        head on ``selection``), and their means over the test sets (``test/mean/*``); already
+        synced across ranks by torchmetrics."""
+        datamodule = self.trainer.datamodule
+        names = datamodule.eval_names(split)
+        logs = self.classifier.compute(names, selection)
+        tagged = {}
+        for key, value in logs.items():
+            name, _, metric = key.rpartition("/")
+            tagged[self.evaluation_tag(split, name, metric) if name else f"{split}/{key}"] = value
+        mean_sets = getattr(datamodule, "mean_sets", lambda split, names: [])(split, names)
+        for metric in (metric_keys.ACCURACY, metric_keys.F1) if mean_sets else ():
+            mean = sum(logs[f"{name}/{metric}"] for name in mean_sets) / len(mean_sets)
+            tagged[metric_keys.evaluation_tag("test", metric_keys.MEAN_SET, metric)] = mean
+        self.log_dict(tagged, sync_dist=False)
 
     def predict_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0

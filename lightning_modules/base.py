@@ -19,6 +19,7 @@ from timm.optim import create_optimizer_v2, list_optimizers, param_groups_weight
 from callbacks.export import card_pretraining
 from datamodules.errors import ConfigError
 from datamodules.transforms import NORMALIZATIONS, TransformConfig
+from lightning_modules import metric_keys
 
 # What LightningCLI records with the hyperparameters it passes: ``load_from_checkpoint`` then
 # builds the module through jsonargparse, which turns the plain dicts back into dataclasses.
@@ -165,15 +166,28 @@ class NoisyTrainingModule(L.LightningModule):
             batch, "test", self.trainer.datamodule.eval_names("test")[dataloader_idx]
         )
 
+    def evaluation_tag(self, split: str, name: str, metric: str) -> str:
+        """``val/<set>/<metric>`` or ``test/<set>/<metric>``: a test set keeps ``test`` also in
+        the validation loop (the DataModule's ``evaluation_kind``)."""
+        kind_of = getattr(self.trainer.datamodule, "evaluation_kind", None)
+        kind = split if kind_of is None else kind_of(split, name)
+        return metric_keys.evaluation_tag(kind, name, metric)
+
     def log_classification(
-        self, prefix: str, logits: torch.Tensor, labels: torch.Tensor, metrics: torch.nn.ModuleDict
+        self,
+        split: str,
+        name: str,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        metrics: torch.nn.ModuleDict,
     ) -> None:
-        """Cross-entropy and each metric of ``metrics`` under ``<prefix>/<name>``, per epoch."""
+        """Cross-entropy and each metric of ``metrics`` of the set ``name``, per epoch."""
         log = {"add_dataloader_idx": False, "on_epoch": True, "batch_size": len(labels)}
-        self.log(f"{prefix}/loss", F.cross_entropy(logits, labels), sync_dist=True, **log)
+        loss = F.cross_entropy(logits, labels)
+        self.log(self.evaluation_tag(split, name, metric_keys.LOSS), loss, sync_dist=True, **log)
         for metric_name, metric in metrics.items():
             metric.update(logits, labels)
-            self.log(f"{prefix}/{metric_name}", metric, **log)
+            self.log(self.evaluation_tag(split, name, metric_name), metric, **log)
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import ConfigError
 from datamodules.image_text import ImageTextDataModule
+from lightning_modules import metric_keys
 from lightning_modules.base import NoisyTrainingModule, OptimizerConfig
 
 # open_clip's 7-prompt ensemble from the CLIP paper, as format strings so YAML can override it
@@ -240,7 +241,7 @@ class ContrastivePretraining(NoisyTrainingModule):
             metric = self.zeroshot_metrics[name]
             metric.update(image @ self._classifiers[name], batch["label"])
             self.log(
-                f"{split}/{name}/zeroshot_top1",
+                self.evaluation_tag(split, name, metric_keys.ACCURACY),
                 metric,
                 add_dataloader_idx=False,
                 on_epoch=True,
@@ -265,7 +266,7 @@ class ContrastivePretraining(NoisyTrainingModule):
             tokens = self._gather_rows(store["tokens"], (context,), torch.long)
             for metric, value in retrieval_recall(image, text, tokens).items():
                 # identical on every rank; the sync only keeps Lightning's bookkeeping uniform
-                self.log(f"{split}/{name}/{metric}", value, sync_dist=True)
+                self.log(self.evaluation_tag(split, name, metric), value, sync_dist=True)
         self._embeddings = {}
 
     def _gather_rows(

@@ -17,6 +17,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import ConfigError
+from lightning_modules import metric_keys
 from lightning_modules.base import NoisyTrainingModule, OptimizerConfig
 
 # The architecture's default pretrained config names weights (tag, paper, licence) that an
@@ -119,8 +120,10 @@ class SupervisedPretraining(NoisyTrainingModule):
         for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
             self.val_metrics[name] = nn.ModuleDict(
                 {
-                    "top1": MulticlassAccuracy(self.num_classes, average="micro"),
-                    "top5": MulticlassAccuracy(self.num_classes, top_k=top5, average="micro"),
+                    metric_keys.ACCURACY: MulticlassAccuracy(self.num_classes, average="micro"),
+                    metric_keys.TOP5: MulticlassAccuracy(
+                        self.num_classes, top_k=top5, average="micro"
+                    ),
                 }
             )
 
@@ -164,9 +167,10 @@ class SupervisedPretraining(NoisyTrainingModule):
         return loss
 
     def evaluate(self, batch: dict[str, Any], split: str, name: str) -> dict:
-        """Loss and top-1/top-5 per evaluation set; features go to the spectrum callback."""
+        """Loss and top-1/top-5 accuracy per evaluation set; features go to the spectrum
+        callback."""
         features, logits = self._features_and_logits(batch["image"])
-        self.log_classification(f"{split}/{name}", logits, batch["label"], self.val_metrics[name])
+        self.log_classification(split, name, logits, batch["label"], self.val_metrics[name])
         return {"features": features}
 
     def export(self, directory: Path) -> dict[str, Any]:

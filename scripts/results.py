@@ -1,11 +1,13 @@
 """The rows and per-seed averages of a noise sweep, shared by the report and the claims.
 
 An adaptation's final metrics are read per evaluation set ``<set>`` from the keys
-``val/<set>/acc``, ``val/<set>/f1`` and ``spectrum/<set>/<metric>`` of its ``result.json`` (the
-adaptation configs set ``data.test_in_validation: true``, so every test set is among them).
+``test/<set>/acc`` (``val/<set>/acc`` for a validation set, and for every set in runs older than
+that split), ``.../f1`` and ``spectrum/<set>/<metric>`` of its ``result.json`` (the adaptation
+configs set ``data.test_in_validation: true``, so every test set is among them); the tag layout
+is ``lightning_modules/metric_keys.py``.
 
 A fine-tuning run with the WiSE-FT callback adds the rows of method ``<method>+wise_ft`` from
-its ``wise_ft/val/<set>/...`` keys (the interpolation at the alpha chosen on validation).
+its ``wise_ft/<test or val>/<set>/...`` keys (the interpolation at the alpha chosen on validation).
 
 Averaging rule (the paper's tables): a set counts in the averages unless its run lists it in
 ``exclude_sets`` (default ``val`` and ``clean``: the validation set, and the OOD task's
@@ -23,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.metric_keys import evaluation_sets, set_metric, spectrum_tag
 from scripts.evidence import Estimate, t_interval
 
 COLUMNS = [
@@ -48,9 +51,9 @@ COLUMNS = [
     "log",
 ]
 SPECTRAL = ("sve", "lsvr", "erank", "stable_rank", "alpha_req")
-METRICS = {"acc": "val/{}/acc", "f1": "val/{}/f1"} | {m: f"spectrum/{{}}/{m}" for m in SPECTRAL}
+SCORES = ("acc", "f1")
 PERCENT = ("acc", "f1")
-WISE_FT = "wise_ft/"  # callbacks/wise_ft.py: wise_ft/val/<set>/acc at the selected alpha
+WISE_FT = "wise_ft/"  # callbacks/wise_ft.py: wise_ft/<kind>/<set>/acc at the selected alpha
 PerSeed = dict[str, dict[float, dict[int, float | None]]]  # method -> ratio -> seed -> value
 
 
@@ -59,9 +62,11 @@ def finite(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def evaluation_sets(metrics: dict[str, float]) -> list[str]:
-    """The evaluation sets an adaptation logged, in logging order."""
-    return [key.split("/")[1] for key in metrics if key.startswith("val/") and key.endswith("/acc")]
+def set_values(metrics: dict[str, float], name: str) -> dict[str, float | None]:
+    """The report's columns of one evaluation set."""
+    values = {column: set_metric(metrics, name, column) for column in SCORES}
+    values |= {column: metrics.get(spectrum_tag(name, column)) for column in SPECTRAL}
+    return {column: finite(value) for column, value in values.items()}
 
 
 def build_rows(pretrain: list[dict[str, Any]], adapt: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -101,9 +106,8 @@ def set_rows(
     """One row per evaluation set in ``metrics``; one with an empty set when there is none."""
     rows = []
     for name in evaluation_sets(metrics) or [""]:
-        values = {column: finite(metrics.get(key.format(name))) for column, key in METRICS.items()}
         counted = bool(name) and name not in excluded
-        rows.append({**base, "test_set": name, "in_average": counted, **values})
+        rows.append({**base, "test_set": name, "in_average": counted, **set_values(metrics, name)})
     return rows
 
 

@@ -20,7 +20,7 @@ from datamodules.shards import ShardSpecError, parse_shards
 from datamodules.transforms import TransformConfig
 
 TINY = TransformConfig(image_size=28, crop_pct=1.0)
-SHIFT_NAMES = ["clean", "rotate", "invert", "blur", "noise", "low_contrast"]
+SHIFT_NAMES = ["clean", "rotate", "invert", "gaussian_blur", "gaussian_noise", "contrast"]
 
 
 def read_split(spec: str) -> dict[str, tuple[np.ndarray, int]]:
@@ -120,13 +120,13 @@ def test_shift_functions_do_what_the_docstring_says():
     x = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
     assert np.array_equal(suites.SHIFTS["clean"](x, "k"), x)
     assert np.array_equal(suites.invert(x, "k"), 255 - x.astype(int))
-    low = suites.low_contrast(x, "k")
+    low = suites.contrast(x, "k")
     assert (
         np.array_equal(low, 77 + (2 * x.astype(int)) // 5) and 77 <= low.min() <= low.max() <= 179
     )
-    assert suites.low_contrast(np.array([[0, 255]], np.uint8), "k").tolist() == [[77, 179]]
+    assert suites.contrast(np.array([[0, 255]], np.uint8), "k").tolist() == [[77, 179]]
     blurred = np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(1.0)))
-    assert np.array_equal(suites.blur(x, "k"), blurred) and not np.array_equal(blurred, x)
+    assert np.array_equal(suites.gaussian_blur(x, "k"), blurred) and not np.array_equal(blurred, x)
 
     angles = [suites.rotation_angle(f"fmnist-t10k-{i:05d}") for i in range(200)]
     assert all(15 <= abs(a) <= 35 for a in angles) and min(angles) < 0 < max(angles)

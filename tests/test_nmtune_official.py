@@ -283,5 +283,5 @@ def test_official_overlay_runs_through_train_py(
     assert result.returncode == 0, result.stderr[-3000:]
     (card_path,) = tmp_path.glob("*/version_0/export/card.json")
     metrics = json.loads(card_path.read_text())["metrics"]
-    assert 0 <= metrics["val/test/acc"] <= 1 and metrics["train/reg_covariance"] >= 0
+    assert 0 <= metrics["test/test/acc"] <= 1 and metrics["train/reg_covariance"] >= 0
     assert not (tmp_path / "cache").exists()  # the backbone ran on fresh views, nothing cached

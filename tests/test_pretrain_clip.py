@@ -101,7 +101,7 @@ def test_quickstart_trains_logs_recall_and_zeroshot_and_exports(builtin_root, tm
     assert all(0 < scale <= 100 for scale in logged["train/logit_scale"])
     assert all(0 <= logged[tag][-1] <= 1 for tag in recalls)
     # the default zero-shot set: the built-in classification val split, prompts from class names
-    assert 0 <= logged["val/zeroshot/zeroshot_top1"][-1] <= 1
+    assert 0 <= logged["val/zeroshot/acc"][-1] <= 1
 
     # the checkpoint rebuilds the module (the inline model config included), then its weights
     module = ContrastivePretraining.load_from_checkpoint(
@@ -231,7 +231,7 @@ def test_validation_metrics_under_two_ranks_equal_one_rank(builtin_root, tmp_pat
             assert result.returncode == 0, result.stderr[-3000:]
             assert "MEMBER: 2/2" in result.stderr  # really two processes
         metrics[devices] = scalars(save_dir / "quickstart_pretrain_clip" / "version_0")
-    expected = [f"val/val/{name}" for name in RECALLS] + ["val/zeroshot/zeroshot_top1"]
+    expected = [f"val/val/{name}" for name in RECALLS] + ["val/zeroshot/acc"]
     assert set(expected) <= set(metrics[1]), sorted(metrics[1])
     for tag in expected:
         assert metrics[2][tag] == pytest.approx(metrics[1][tag], abs=1e-6), tag

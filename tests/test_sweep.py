@@ -415,14 +415,14 @@ def test_averages_follow_the_paper_rule():
 
 
 def test_a_wise_ft_run_adds_a_method_row_at_its_selected_alpha():
-    """The WiSE-FT callback's ``wise_ft/val/<set>/acc`` (best alpha on validation) becomes the
+    """The WiSE-FT callback's ``wise_ft/<kind>/<set>/acc`` (best alpha on validation) becomes the
     method ``ft+wise_ft``, averaged by the same rule; its per-alpha keys are not sets."""
     run = record("ft", "id", "a", 0.0, {"val": 0.5, "test": 0.6})
     run["metrics"] |= {
         "wise_ft/best_alpha": 0.5,
         "wise_ft/val/val/acc": 0.7,
-        "wise_ft/val/test/acc": 0.65,
-        "wise_ft/alpha_0.5/val/acc": 0.7,
+        "wise_ft/test/test/acc": 0.65,
+        "wise_ft/alpha_0.5/val/val/acc": 0.7,
     }
     rows = build_rows([], [run])
     assert [(row["method"], row["test_set"]) for row in rows] == [

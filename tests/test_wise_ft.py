@@ -66,7 +66,7 @@ def test_alpha_0_is_the_start_and_alpha_1_the_fine_tuned_model(make_shards, tmp_
     accuracy = {alpha: scores["val/acc"] for alpha, scores in wise.scores.items()}
     assert accuracy[best] == max(accuracy.values())
     assert float(trainer.callback_metrics["wise_ft/val/val/acc"]) == pytest.approx(accuracy[best])
-    assert float(trainer.callback_metrics["wise_ft/alpha_0.5/val/acc"]) == pytest.approx(
+    assert float(trainer.callback_metrics["wise_ft/alpha_0.5/val/val/acc"]) == pytest.approx(
         accuracy[0.5]
     )
 
@@ -91,5 +91,5 @@ def test_the_ft_quickstart_reports_wise_ft_in_its_card(builtin_root, tiny_fashio
     image_size = "--data.init_args.transform.image_size=16"
     metrics = quickstart_metrics("ft", card, builtin_root, tiny_fashion_mnist, tmp_path, image_size)
     assert 0.0 <= metrics["wise_ft/best_alpha"] <= 1.0
-    assert 0.0 <= metrics["wise_ft/val/test/acc"] <= 1.0
-    assert {f"wise_ft/alpha_{a:g}/test/acc" for a in (0, 0.25, 0.5, 0.75, 1)} <= set(metrics)
+    assert 0.0 <= metrics["wise_ft/test/test/acc"] <= 1.0
+    assert {f"wise_ft/alpha_{a:g}/test/test/acc" for a in (0, 0.25, 0.5, 0.75, 1)} <= set(metrics)
