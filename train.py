@@ -43,6 +43,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.data_audit import DataAudit
 from callbacks.embedding_writer import EmbeddingWriter
 from callbacks.export import ExportBackbone
+from callbacks.hparams_summary import ConfigText, HparamsSummary
 from callbacks.run_summary import RunSummary
 from callbacks.spectrum_monitor import SpectrumMonitor
 from callbacks.throughput import SampleThroughput
@@ -483,6 +484,7 @@ class SuiteCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SampleThroughput, "throughput")
+        parser.add_lightning_class_args(HparamsSummary, "hparams_summary")
         parser.add_argument(
             "--allow_unsafe_checkpoint_loading", type=bool, default=False, help=UNSAFE_LOADING_HELP
         )
@@ -513,7 +515,12 @@ class SuiteCLI(LightningCLI):
                 raise
 
     def before_instantiate_classes(self) -> None:
-        choose_precision(self.subcommand_config().trainer)
+        trainer = self.subcommand_config().trainer
+        choose_precision(trainer)
+        logger = trainer.logger
+        if isinstance(logger, Namespace) and logger.class_path.endswith(".TensorBoardLogger"):
+            # no placeholder hp_metric at the start: HparamsSummary writes the real results
+            logger.init_args.default_hp_metric = False
 
     def instantiate_classes(self) -> None:
         try:
@@ -659,6 +666,7 @@ def main(argv: list[str] | None = None) -> None:
                 LightningDataModule,  # shards (ShardDataModule) or embeddings files
                 subclass_mode_model=True,
                 subclass_mode_data=True,
+                save_config_callback=ConfigText,
                 save_config_kwargs={"overwrite": True},
                 parser_kwargs=parser_kwargs,
                 args=args,
