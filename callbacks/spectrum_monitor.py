@@ -15,25 +15,48 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from callbacks.spectrum import METRIC_NAMES, GramAccumulator, resolve_protocol
 
 
-def spectrum_plot(singular_values: torch.Tensor, title: str) -> np.ndarray:
-    """The normalised spectrum sigma_i / sum_j sigma_j on a log scale, as an HWC uint8 image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def spectrum_plot(
+    curves: list[tuple[str, torch.Tensor]], title: str, annotation: str
+) -> np.ndarray:
+    """The normalised spectra sigma_i / sum_j sigma_j on a log scale, one curve per (label,
+    singular values), the last one drawn solid and the others dashed, with ``annotation``
+    (the metric values) in a corner; an HWC uint8 image sized and lettered for a TensorBoard
+    image card."""
+    from matplotlib.figure import Figure
     from PIL import Image
 
-    values = singular_values.cpu().double()
-    values = values[values > 0] / values.sum()
-    figure, axis = plt.subplots(figsize=(4, 3), dpi=100)
-    axis.semilogy(np.arange(1, len(values) + 1), values.numpy())
-    axis.set_xlabel("index i")
-    axis.set_ylabel("sigma_i / sum_j sigma_j")
-    axis.set_title(title, fontsize=9)
+    figure = Figure(figsize=(4.8, 3.6), dpi=100)
+    axis = figure.subplots()
+    for index, (label, singular_values) in enumerate(curves):
+        values = singular_values.cpu().double()
+        values = values[values > 0] / values.sum()
+        last = index == len(curves) - 1
+        axis.semilogy(
+            np.arange(1, len(values) + 1),
+            values.numpy(),
+            label=label,
+            linewidth=2.0 if last else 1.5,
+            linestyle="-" if last else "--",
+            color="tab:blue" if last else "tab:gray",
+        )
+    axis.set_xlabel("index i", fontsize=12)
+    axis.set_ylabel("sigma_i / sum_j sigma_j", fontsize=12)
+    axis.tick_params(labelsize=11)
+    axis.set_title(title, fontsize=12)
+    axis.text(
+        0.97,
+        0.96,
+        annotation,
+        transform=axis.transAxes,
+        ha="right",
+        va="top",
+        fontsize=11,
+        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+    )
+    axis.legend(loc="lower left", fontsize=10, frameon=False)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    plt.close(figure)
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
@@ -48,8 +71,10 @@ class SpectrumMonitor(L.Callback):
     Logged: ``spectrum/<set>/<metric>`` for each of ``sve``, ``lsvr``, ``erank``,
     ``stable_rank`` and ``alpha_req`` (see ``callbacks/spectrum.py``; a metric that is undefined
     for these features, such as alpha_req of rank-one features, is not logged); on TensorBoard
-    also the spectrum plot (image) and a histogram of log10 singular values. Which preprocessing
-    produced them is :attr:`protocol_info`, which the run's export card records.
+    also the spectrum plot (image ``spectrum/<set>/plot``: this epoch's spectrum against the
+    first one analysed, with the SVE and LSVR written on it, at the step of the scalars) and, if
+    asked, a histogram of log10 singular values. Which preprocessing produced them is
+    :attr:`protocol_info`, which the run's export card records.
 
     Args:
         dataloaders: Names of the evaluation sets to analyse (default: all).
@@ -62,7 +87,8 @@ class SpectrumMonitor(L.Callback):
         center: ``"none"``/False, ``"column"``/True (a PCA spectrum) or ``"row"``; with a
             protocol, must agree with it. Settings that match no protocol are named "custom".
         every_n_epochs: Analyse every N-th validation epoch (test epochs always).
-        log_plots: Also log the spectrum image and histogram to TensorBoard.
+        log_plots: Also log the spectrum image to TensorBoard.
+        log_histogram: Also log a histogram of log10 singular values (off: the image says more).
     """
 
     def __init__(
@@ -74,13 +100,16 @@ class SpectrumMonitor(L.Callback):
         center: bool | Literal["none", "column", "row"] | None = None,
         every_n_epochs: int = 1,
         log_plots: bool = True,
+        log_histogram: bool = False,
     ) -> None:
         self.dataloaders = dataloaders
         self.max_samples = max_samples
         self.protocol = resolve_protocol(protocol, normalize_rows, center)
         self.every_n_epochs = every_n_epochs
         self.log_plots = log_plots
+        self.log_histogram = log_histogram
         self.accumulators: dict[str, GramAccumulator] = {}
+        self.first_spectra: dict[str, tuple[int, torch.Tensor]] = {}  # set -> (epoch, sigma)
 
     @property
     def protocol_info(self) -> dict[str, str | bool]:
@@ -149,19 +178,31 @@ class SpectrumMonitor(L.Callback):
                     pl_module.log(
                         f"{prefix}/{metric}", value, sync_dist=False, add_dataloader_idx=False
                     )
-            if self.log_plots and trainer.is_global_zero:
-                self._plot(trainer, f"{prefix}", metrics["singular_values"])
+            if trainer.is_global_zero:
+                self._plot(trainer, name, metrics)
         self.accumulators = {}
 
-    def _plot(self, trainer: L.Trainer, tag: str, singular_values: torch.Tensor) -> None:
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                step = trainer.global_step
-                title = f"{tag} (step {step})"
-                image = spectrum_plot(singular_values, title)
-                logger.experiment.add_image(f"{tag}/plot", image, step, dataformats="HWC")
+    def _plot(self, trainer: L.Trainer, name: str, metrics: dict[str, Any]) -> None:
+        boards = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not boards or not (self.log_plots or self.log_histogram):
+            return
+        # the step Lightning logs this epoch's scalars at (validation runs before the step
+        # counter of the training loop moves on)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        singular_values = metrics["singular_values"].cpu()
+        epoch = trainer.current_epoch
+        first_epoch, first = self.first_spectra.setdefault(name, (epoch, singular_values))
+        curves = [] if first_epoch == epoch else [(f"epoch {first_epoch}", first)]
+        curves.append((f"epoch {epoch}", singular_values))
+        annotation = f"SVE {metrics['sve']:.3f}\nLSVR {metrics['lsvr']:.3f}"
+        for board in boards:
+            tag = f"spectrum/{name}"
+            if self.log_plots:
+                image = spectrum_plot(curves, f"{name}, step {step}", annotation)
+                board.experiment.add_image(f"{tag}/plot", image, step, dataformats="HWC")
+            if self.log_histogram:
                 positive = singular_values[singular_values > 0]
-                logger.experiment.add_histogram(f"{tag}/log10_sigma", positive.log10(), step)
+                board.experiment.add_histogram(f"{tag}/log10_sigma", positive.log10(), step)
 
     # --- Lightning hooks ------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

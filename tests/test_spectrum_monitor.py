@@ -171,3 +171,16 @@ def test_two_ranks_log_the_exact_official_spectrum(make_shards, tmp_path):
     assert len(features) == 28
     assert_logged(logged, spectral_metrics(features, center="row"), 1e-6)
     assert all(math.isfinite(logged[f"spectrum/probe/{name}"]) for name in METRIC_NAMES)
+
+
+def test_the_plot_draws_the_first_spectrum_beside_the_current_one():
+    from callbacks.spectrum_monitor import spectrum_plot
+
+    first, current = torch.tensor([4.0, 2.0, 1.0]), torch.tensor([6.0, 1.0, 0.5])
+    one = spectrum_plot([("epoch 0", first)], "val, step 0", "SVE 1.000\nLSVR 0.500")
+    two = spectrum_plot(
+        [("epoch 0", first), ("epoch 3", current)], "val, step 30", "SVE 1.000\nLSVR 0.500"
+    )
+    assert one.shape == two.shape == (360, 480, 3)
+    assert str(one.dtype) == str(two.dtype) == "uint8"
+    assert not (one == two).all()  # the second curve is drawn

@@ -3,6 +3,7 @@ its web app calls) on the logs of a real quickstart run."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from tensorboard import program
 
 from tests.test_adapt import export_card, quickstart_metrics
@@ -112,3 +114,21 @@ def test_the_resolved_config_is_in_the_text_tab(board):
     query = urllib.parse.urlencode({"run": run, "tag": tags[0]})
     (entry,) = api.get(f"data/plugin/text/text?{query}")
     assert "class_path: lightning_modules.adapt.Adaptation" in entry["text"]  # the YAML, as code
+
+
+def test_the_spectrum_image_sits_at_the_step_of_its_scalars(board):
+    api, _ = board
+    runs = api.wait_for("data/plugin/images/tags", lambda answer: answer)
+    ((run, tags),) = runs.items()
+    assert "spectrum/gaussian_noise/plot" in tags
+    query = urllib.parse.urlencode({"run": run, "tag": "spectrum/gaussian_noise/plot"})
+    (image,) = api.get(f"data/plugin/images/images?{query}")
+    query = urllib.parse.urlencode({"run": run, "tag": "spectrum/gaussian_noise/lsvr"})
+    ((_, scalar_step, _),) = api.get(f"data/plugin/scalars/scalars?{query}")
+    assert image["step"] == scalar_step
+    with urllib.request.urlopen(
+        api.url + "data/plugin/images/individualImage?" + image["query"]
+    ) as png:
+        assert Image.open(io.BytesIO(png.read())).size == (480, 360)  # a card's size, no shrinking
+    histograms = api.get("data/plugin/histograms/tags")
+    assert not any(histograms.values())  # off by default
