@@ -226,7 +226,8 @@ def _write(
         info["test_sets"] = list(dataset.test_sets)
     try:
         for split, samples, total in dataset.splits(layout, source):
-            write_split(samples, tmp, split, samples_per_shard, total=total, info=info)
+            what = f"{name} ({layout} shards)"  # the layouts of one dataset are told apart
+            write_split(samples, tmp, split, samples_per_shard, total=total, info=info, what=what)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -130,6 +130,10 @@ class EvaluationFeatures(IterableDataset):
     def __init__(self, rows: FeatureRows) -> None:
         self.rows = rows
 
+    def __len__(self) -> int:
+        """Rows of this rank (read in the main process), so progress bars know the total."""
+        return len(self.rows.keys)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for index in range(len(self.rows.keys)):
             yield {**_row(self.rows, index, None), "features": self.rows.features[index]}

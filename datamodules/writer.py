@@ -58,14 +58,17 @@ def write_split(
     samples_per_shard: int = 5000,
     total: int | None = None,
     info: dict[str, Any] | None = None,
+    what: str | None = None,
 ) -> WriteSummary:
     """Write ``samples`` (webdataset dicts, or ``(reason, detail)`` tuples for skipped inputs)
-    into ``out_dir/{split}-NNNN.tar`` and record the split in ``_info.json`` and ``sizes.json``."""
+    into ``out_dir/{split}-NNNN.tar`` and record the split in ``_info.json`` and ``sizes.json``;
+    the progress bar says ``writing <what> <split>`` (e.g. the dataset and its layout)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = WriteSummary(split)
     writer: wds.TarWriter | None = None
-    for sample in tqdm(samples, total=total, desc=f"writing {split}", unit="sample"):
+    label = f"writing {what} {split}" if what else f"writing {split}"
+    for sample in tqdm(samples, total=total, desc=label, unit="sample"):
         if isinstance(sample, tuple):
             reason, _ = sample
             summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
