@@ -646,10 +646,13 @@ def quiet_library_chatter() -> None:
     """Drop what is not about the run: Lightning's "💡 Tip" adverts for its cloud products, and
     its warning that an IterableDataset with ``__len__`` may be miscounted across workers (the
     suite's loaders give every worker its own shards and a fixed batch count per rank, see
-    ``datamodules/pipeline.py``, so the length is exact)."""
+    ``datamodules/pipeline.py``, so the length is exact), and the one that a mid-epoch resume's
+    loader is not resumable (the suite's streaming loader leaves out the batches trained before,
+    see ``EpochLoader``; Lightning only knows loaders that carry a ``state_dict``)."""
     for handler in logging.getLogger("lightning.pytorch").handlers:
         handler.addFilter(lambda record: not record.getMessage().startswith("💡 Tip"))
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
 
 
 def main(argv: list[str] | None = None) -> None:

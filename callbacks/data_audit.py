@@ -38,6 +38,10 @@ class DataAudit(L.Callback):
     ) -> None:
         self.counts[0] += float(batch["is_noisy"].sum())
         self.counts[1] += len(batch["key"])
+        if "trained_before_resume" in batch:  # a resumed epoch: what was trained before it
+            noisy, seen = batch["trained_before_resume"].tolist()
+            self.counts[0] += noisy
+            self.counts[1] += seen
         if "skipped" in batch:  # cached features and embeddings have nothing left to skip
             self.counts[2:] += batch["skipped"].to(self.counts)
 

@@ -163,7 +163,12 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
     def train_dataloader(self) -> EpochLoader:
         assert self.train_spec is not None, "setup('fit') must run first"
         stream = self._stream(self.train_spec, training=True)
-        return EpochLoader(stream, self.num_workers, epoch_source=self._current_epoch)
+        return EpochLoader(
+            stream,
+            self.num_workers,
+            epoch_source=self._current_epoch,
+            trained_source=self._trained_in_epoch,
+        )
 
     def val_dataloader(self) -> list[EpochLoader]:
         return self._eval_loaders("val")
@@ -278,6 +283,13 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
 
     def _current_epoch(self) -> int:
         return 0 if self.trainer is None else self.trainer.current_epoch
+
+    def _trained_in_epoch(self) -> int:
+        """Batches of the current epoch this rank has trained: 0 at an epoch's start, k in a
+        run resumed k batches into it (Lightning restores the count before the first batch)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
 
 def _require(ok: bool, option: str, value: Any, expected: str) -> None:

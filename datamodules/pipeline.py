@@ -7,12 +7,21 @@ Per data-loader worker, one pass reads::
       -> format.check: fields, label parsing, label noise        (skips counted)
       -> format.per_shard: caption swaps inside one shard
       -> shuffle buffer seeded by (seed, epoch, rank, worker)    (training only)
-      -> format.finish: decode, transform, tokenize              (skips counted)
+      -> format.finish: decode, transform, tokenize              (skips counted; training
+                                                                  draws seeded by (seed,
+                                                                  epoch, key))
       -> batches (collate) carrying the skip counts since the previous batch
 
 Training streams give every rank exactly ``batches_per_rank`` batches per epoch (workers cycle
 over their shards when they run short), so DDP ranks never wait on one another. Evaluation
 streams read each sample exactly once across ranks and workers.
+
+A run resumed k batches into an epoch (``EpochLoader`` asks the trainer) reads that
+epoch's stream again but leaves out its first k batches: each worker drops, after the shuffle
+and before decoding, the samples of the batches it had delivered (the loader takes batches from
+the workers in turn), counting their noise for the epoch's audit. The stream then goes on
+exactly as uninterrupted, as long as none of the dropped samples would have failed to decode
+(such a sample is only found by decoding it; it would shift the rest of that worker's epoch).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from datamodules.formats import Sample, SkipSample, collate
+from datamodules.keyed_random import keyed_randomness
 from datamodules.shards import ShardSpec, ShardSpecError
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,24 @@ SKIP_REASONS = (
 
 class DataQualityError(RuntimeError):
     """Too many samples were skipped: the shards, not the code, need fixing."""
+
+
+class TrainedBeforeResume:
+    """The samples a worker leaves out of a resumed epoch, counted but not decoded."""
+
+    def __init__(self, samples: int) -> None:
+        self.remaining = samples
+        self.taken = 0
+        self.noisy = 0
+
+    def take(self, sample: Sample) -> None:
+        self.remaining -= 1
+        self.taken += 1
+        self.noisy += bool(sample.get("is_noisy", False))
+
+    def counts(self) -> torch.Tensor:
+        """``[noisy, seen]`` of the left-out samples, for the epoch's noise audit."""
+        return torch.tensor([self.noisy, self.taken])
 
 
 class SampleFormat(Protocol):
@@ -178,6 +206,7 @@ class ShardStream(IterableDataset):
         self.world_size = world_size
         self.max_skip_fraction = max_skip_fraction
         self.epoch = 0
+        self.resume_batches = 0  # batches of this rank already trained in the epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's shard order; call before each epoch (the loader does)."""
@@ -206,8 +235,15 @@ class ShardStream(IterableDataset):
             random.Random(f"{self.seed}/{self.epoch}").shuffle(urls)
         yield from urls[self.rank :: self.world_size][worker::num_workers]
 
-    def worker_samples(self, worker: int, num_workers: int, ledger: SkipLedger) -> Iterator[Sample]:
-        """Finished samples of one pass (evaluation), or of pass after pass (training).
+    def worker_samples(
+        self,
+        worker: int,
+        num_workers: int,
+        ledger: SkipLedger,
+        trained: TrainedBeforeResume | None = None,
+    ) -> Iterator[Sample]:
+        """Finished samples of one pass (evaluation), or of pass after pass (training), less
+        the ``trained`` ones of a resumed epoch.
 
         Each training pass is shuffled on its own, so a worker whose shards hold exactly its
         quota yields every sample once; a worker that runs short starts its shards again.
@@ -218,10 +254,11 @@ class ShardStream(IterableDataset):
                 rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}/{pass_index}")
                 initial = min(self.shuffle_buffer, 100)
                 samples = wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng)(samples)
-            produced = 0
-            for sample in self.finished_samples(samples, ledger):
+            produced = -(trained.taken if trained else 0)
+            for sample in self.finished_samples(samples, ledger, trained):
                 produced += 1
                 yield sample
+            produced += trained.taken if trained else 0
             if not self.training:
                 return
             if produced == 0:
@@ -252,23 +289,50 @@ class ShardStream(IterableDataset):
             sample["__url__"] = url
             yield sample
 
-    def finished_samples(self, samples: Iterator[Sample], ledger: SkipLedger) -> Iterator[Sample]:
+    def finished_samples(
+        self,
+        samples: Iterator[Sample],
+        ledger: SkipLedger,
+        trained: TrainedBeforeResume | None = None,
+    ) -> Iterator[Sample]:
         for sample in samples:
             url = sample.pop("__url__")
+            if trained is not None and trained.remaining > 0:
+                trained.take(sample)  # not decoded: cheap
+                continue
             try:
-                yield self.format.finish(sample)
+                if self.training:  # augmentation drawn from (seed, epoch, key) alone
+                    with keyed_randomness(self.seed, sample["__key__"], f"augment/{self.epoch}"):
+                        finished = self.format.finish(sample)
+                else:
+                    finished = self.format.finish(sample)
             except SkipSample as skip:
                 ledger.skip(url, skip.reason, f"{sample['__key__']}: {skip}")
+                continue
+            yield finished
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        # the loader takes batch i from worker i % num_workers, starting with worker 0: after a
+        # resume at batch k, worker 0 plays the part that worker k % num_workers had
+        worker = (worker + self.resume_batches) % num_workers
         where = f"rank {self.rank} worker {worker} epoch {self.epoch} of {self.spec.spec}"
         ledger = SkipLedger(self.max_skip_fraction, where)
-        samples = self.worker_samples(worker, num_workers, ledger)
+        # this worker's share of the batches trained before a resume
+        done = self.resume_batches // num_workers + (worker < self.resume_batches % num_workers)
+        trained = TrainedBeforeResume(done * self.batch_size) if self.training and done else None
+        samples = self.worker_samples(worker, num_workers, ledger, trained)
+
+        reported = False
 
         def collate_with_skips(batch: list[Sample]) -> dict[str, Any]:
-            return {**collate(batch), "skipped": ledger.delta()}
+            nonlocal reported
+            collated = {**collate(batch), "skipped": ledger.delta()}
+            if trained is not None and not reported:  # the worker's first batch after a resume
+                collated["trained_before_resume"] = trained.counts()
+                reported = True
+            return collated
 
         batches = wds.batched(self.batch_size, collation_fn=collate_with_skips, partial=True)(
             samples
@@ -278,7 +342,7 @@ class ShardStream(IterableDataset):
             quota = self.batches_per_rank // num_workers + (
                 worker < self.batches_per_rank % num_workers
             )
-            batches = itertools.islice(batches, quota)
+            batches = itertools.islice(batches, quota - done)
         yield from batches
         ledger.check(final=True)
 
@@ -291,19 +355,31 @@ class EpochLoader(DataLoader):
     epoch is restored (to estimate the stepping batches), then trains the restored epoch from
     that iterator. So ``epoch_source`` (the trainer's current epoch) is asked at the first
     ``next()``, which is right on the first epoch, later epochs and resume. Workers are not
-    persistent so that each pass starts from the epoch just set.
+    persistent so that each pass starts from the epoch just set. ``trained_source`` (the
+    trainer's batch count of the epoch, which a resumed run restores) is asked then too, so a
+    run resumed inside an epoch leaves out the batches it trained before. (Lightning's own
+    ``state_dict``/``load_state_dict`` protocol for loaders would not do: it loads the state
+    only into a loader built after the checkpoint is restored, and the learning-rate schedule's
+    ``estimated_stepping_batches`` builds it before.)
     """
 
     def __init__(
-        self, dataset: ShardStream, num_workers: int, epoch_source: Callable[[], int] | None = None
+        self,
+        dataset: ShardStream,
+        num_workers: int,
+        epoch_source: Callable[[], int] | None = None,
+        trained_source: Callable[[], int] | None = None,
     ) -> None:
         dataset.check_enough_shards(num_workers)
         super().__init__(dataset, batch_size=None, num_workers=num_workers)
         self.epoch_source = epoch_source
+        self.trained_source = trained_source
 
     def __iter__(self):  # type: ignore[override]
         if self.epoch_source is not None:
             self.dataset.set_epoch(self.epoch_source())
+        # a run resumed inside the epoch: the batches it trained before (0 otherwise)
+        self.dataset.resume_batches = 0 if self.trained_source is None else self.trained_source()
         yield from super().__iter__()
 
 

@@ -168,3 +168,51 @@ def test_truncated_tar_is_a_valid_tar_prefix(tmp_path):
     ):
         for member in tar:
             tar.extractfile(member).read()
+
+
+@pytest.mark.parametrize("rank_world", [(0, 1), (0, 2), (1, 2)])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_epoch_gives_the_rest_of_the_uninterrupted_epoch(
+    make_shards, rank_world, workers
+):
+    """Resumed k batches into an epoch, a rank's loader yields the uninterrupted epoch's batches
+    from the (k+1)-th on, the same augmented images (crop and flip draws depend on the seed,
+    epoch and key alone) and labels, and its first batches count the left-out samples' noise."""
+    rank, world = rank_world
+    spec = make_shards([16] * 8)
+    options = {"batches_per_rank": 6, "rank": rank, "world_size": world, "seed": 3}
+
+    def batches(trained: int) -> list[dict]:
+        stream = make_stream(spec, training=True, **options)
+        loader = EpochLoader(
+            stream, workers, epoch_source=lambda: 1, trained_source=lambda: trained
+        )
+        return list(loader)
+
+    full = batches(0)
+    assert len(full) == 6 and not any("trained_before_resume" in b for b in full)
+    for trained in (1, 4):
+        resumed = batches(trained)
+        assert [b["key"] for b in resumed] == [b["key"] for b in full[trained:]]
+        for ours, theirs in zip(resumed, full[trained:], strict=True):
+            assert torch.equal(ours["image"], theirs["image"])
+            assert torch.equal(ours["label"], theirs["label"])
+        left_out = sum(
+            (b["trained_before_resume"] for b in resumed if "trained_before_resume" in b),
+            torch.zeros(2, dtype=torch.long),
+        )
+        noisy_before = sum(int(b["is_noisy"].sum()) for b in full[:trained])
+        assert left_out.tolist() == [noisy_before, 4 * trained]  # batch_size 4
+
+
+def test_augmentation_draws_do_not_depend_on_the_other_samples(make_shards):
+    """Same seed, epoch and key: the same crop and flip, whatever was transformed before."""
+    spec = make_shards([16, 16])
+    images = {}
+    for workers in (0, 2):
+        stream = make_stream(spec, training=True, batches_per_rank=8)
+        for batch in EpochLoader(stream, workers, epoch_source=lambda: 0):
+            for key, image in zip(batch["key"], batch["image"], strict=True):
+                assert key not in images or torch.equal(images[key], image), key
+                images[key] = image
+    assert len(images) == 32

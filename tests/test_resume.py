@@ -1,9 +1,10 @@
 """A quickstart run killed mid-training (a real signal) and resumed with ``--ckpt_path``.
 
-Slow: about 60 s on two idle CPU cores, 100 s on busy ones; five ``train.py`` processes, all
+Slow: about 70 s on two idle CPU cores, 110 s on busy ones; six ``train.py`` processes, all
 in one module-scoped fixture. Two runs of the FS quickstart, shrunk to 4 steps per epoch and 3
 epochs, with a second ModelCheckpoint that saves every step, pause at the start of step 7 until
-the test signals them: "killed" gets SIGKILL, "terminated" SIGTERM. At that moment they have
+the test signals them: "killed" gets SIGKILL, "terminated" SIGTERM; an "uninterrupted" run of
+the same command trains beside them. At that moment they have
 finished epoch 0 (the quickstart's ModelCheckpoint wrote ``last.ckpt`` at its end, global step
 4) and two steps of epoch 1 (the every-step checkpoint holds global step 6). Three resumes of
 the killed run then run side by side:
@@ -19,14 +20,11 @@ Every run records the (key, observed label, clean label, is_noisy) of each step 
 directly from the data module the CLI built (its saved ``config.yaml``), with the epoch set as
 the trainer sets it, and the noisy labels are checked against ``SymmetricLabelNoise`` itself.
 
-What Lightning restores (2.6, for our sized, non-stateful ``EpochLoader``): the model,
-optimizer, LR scheduler, global step, epoch and the batch count inside the epoch; not the
-loader's position. The resumed epoch's stream starts again from its beginning, in that epoch's
-(seed, epoch) shard order, and Lightning ends the epoch after the batches it still counts as
-missing. Resuming from an epoch-end checkpoint therefore replays exactly what an uninterrupted
-run trains from that epoch on; resuming from a checkpoint taken k steps into an epoch trains
-that epoch's first (steps_per_epoch - k) batches (so over both runs its first k batches twice
-and its last k not at all; Lightning warns about it) and then continues exactly.
+What is restored: the model, optimizer, LR scheduler, global step, epoch and the batch count
+inside the epoch (Lightning), and the loader's position (``EpochLoader`` is stateful: the epoch's
+stream leaves out the k batches trained before the kill). Resuming from an epoch-end checkpoint
+or from one taken k steps into an epoch therefore trains exactly what the uninterrupted run
+trains from there on, and ends with bit-identical weights.
 """
 
 from __future__ import annotations
@@ -45,10 +43,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from datamodules.noise import SymmetricLabelNoise
 from datamodules.transforms import TransformConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, scalars
 from tests.test_cli_pretrain_fs import quick_args
 
 STEPS_PER_EPOCH = 4  # epoch_samples 32 / batch_size 8
@@ -176,7 +175,12 @@ def runs(builtin_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     # slow: ~25 s. Two runs side by side, paused by the recorder from step KILL_AT_STEP + 1 on,
     # so the signal lands between step KILL_AT_STEP (checkpointed) and the next one, whatever
     # the machine's speed: "killed" gets SIGKILL, "terminated" SIGTERM.
-    first = {}
+    first = {
+        "uninterrupted": start(
+            train_command(builtin_root, tmp / "uninterrupted", tmp / "uninterrupted.jsonl"),
+            tmp / "uninterrupted",
+        )
+    }
     for name in ("killed", "terminated"):
         command = train_command(
             builtin_root,
@@ -200,6 +204,7 @@ def runs(builtin_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         shutil.copy(quickstart_last, tmp / "epoch_end.ckpt")
     shutil.copy(tmp / "killed_steps" / "last.ckpt", tmp / "mid_epoch.ckpt")
 
+    wait_all([first["uninterrupted"]], timeout=400)
     # slow: ~30 s, three resumes of the killed run side by side.
     resumes = {
         "mid_epoch": (
@@ -291,10 +296,32 @@ def test_the_killed_run_stopped_two_steps_into_epoch_1(runs, uninterrupted):
     assert len({tuple(map(tuple, batches)) for batches in uninterrupted.values()}) == EPOCHS
 
 
-def test_resume_from_a_mid_epoch_checkpoint_restarts_that_epoch_stream(runs, uninterrupted):
-    """Lightning restores the step and the batch count inside epoch 1 (2 of 4 done), not the
-    loader's position: the epoch's stream starts again from its beginning, in epoch 1's shard
-    order, and the epoch ends after the 2 batches still counted missing; epoch 2 is exact."""
+def final_weights(run: Run) -> dict[str, torch.Tensor]:
+    """What the run exported when fit ended (every tensor of the timm model)."""
+    return load_file(str(run.save_dir / "export" / "model.safetensors"))
+
+
+def assert_same_weights(run: Run, reference: Run) -> None:
+    ours, theirs = final_weights(run), final_weights(reference)
+    assert ours.keys() == theirs.keys()
+    different = [name for name in ours if not torch.equal(ours[name], theirs[name])]
+    assert not different, f"{run.name}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def realised_rates(run: Run) -> list[float]:
+    return scalars(next(run.save_dir.rglob("version_*")))["noise/realised_rate"]
+
+
+def test_the_uninterrupted_run_trains_what_its_data_module_gives(runs, uninterrupted):
+    run = runs["uninterrupted"]
+    assert_finished(run)
+    assert_continues_uninterrupted_run(run, uninterrupted, epoch=0)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_goes_on_where_the_run_stopped(runs, uninterrupted):
+    """Lightning restores the step and the batch count inside epoch 1 (2 of 4 done), and the
+    loader its position: epoch 1 goes on with its 3rd batch, and the run ends with the weights
+    of the uninterrupted run, bit for bit, and the same realised noise rate of epoch 1."""
     resumed, killed = runs["mid_epoch"], runs["killed"]
     assert_finished(resumed)
     done_in_epoch = KILL_AT_STEP - STEPS_PER_EPOCH
@@ -302,10 +329,12 @@ def test_resume_from_a_mid_epoch_checkpoint_restarts_that_epoch_stream(runs, uni
     assert resumed.column("epoch") == [1] * left_in_epoch + [2] * STEPS_PER_EPOCH  # no epoch 0
     assert resumed.column("step") == list(range(KILL_AT_STEP + 1, EPOCHS * STEPS_PER_EPOCH + 1))
     assert resumed.column("batch_idx")[0] == done_in_epoch
-    assert resumed.batches() == uninterrupted[1][:left_in_epoch] + uninterrupted[2]
-    assert "dataloader is not resumable" in " ".join(resumed.stderr.split())
-    final = resumed.save_dir.parent / "killed_steps" / "last.ckpt"  # its every-step checkpoint
-    assert global_step(final) == EPOCHS * STEPS_PER_EPOCH  # as many steps as without the kill
+    assert resumed.batches() == uninterrupted[1][done_in_epoch:] + uninterrupted[2]
+    assert killed.batches() + resumed.batches() == runs["uninterrupted"].batches()
+    assert "dataloader is not resumable" not in " ".join(resumed.stderr.split())
+    assert_same_weights(resumed, runs["uninterrupted"])
+    # the resumed epoch's audit covers the batches trained before the kill too
+    assert realised_rates(resumed) == realised_rates(runs["uninterrupted"])[1:]
     assert_same_noisy_labels(killed, resumed)
 
 
@@ -315,6 +344,7 @@ def test_resume_from_an_epoch_end_checkpoint_file_replays_the_interrupted_epoch(
     resumed, killed = runs["epoch_end"], runs["killed"]
     assert_finished(resumed)
     assert_continues_uninterrupted_run(resumed, uninterrupted, epoch=1)
+    assert_same_weights(resumed, runs["uninterrupted"])
     assert_same_noisy_labels(killed, resumed)
 
 
