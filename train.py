@@ -648,11 +648,14 @@ def quiet_library_chatter() -> None:
     suite's loaders give every worker its own shards and a fixed batch count per rank, see
     ``datamodules/pipeline.py``, so the length is exact), and the one that a mid-epoch resume's
     loader is not resumable (the suite's streaming loader leaves out the batches trained before,
-    see ``EpochLoader``; Lightning only knows loaders that carry a ``state_dict``)."""
+    see ``EpochLoader``; Lightning only knows loaders that carry a ``state_dict``), and the one
+    that modules are in eval mode when training starts (a frozen backbone stays in eval mode on
+    purpose: its BatchNorm statistics must not move, see ``lightning_modules/backbones.py``)."""
     for handler in logging.getLogger("lightning.pytorch").handlers:
         handler.addFilter(lambda record: not record.getMessage().startswith("💡 Tip"))
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
 
 def main(argv: list[str] | None = None) -> None:

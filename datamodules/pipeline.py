@@ -42,7 +42,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from datamodules.formats import Sample, SkipSample, collate
 from datamodules.keyed_random import keyed_randomness
-from datamodules.shards import ShardSpec, ShardSpecError
+from datamodules.shards import ShardSpec, ShardSpecError, recorded_sample_count
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,19 @@ class ShardStream(IterableDataset):
             raise TypeError("an evaluation stream reads its shards once and has no fixed length")
         return self.batches_per_rank
 
+    def evaluation_batches(self, num_workers: int) -> int | None:
+        """Batches one pass of this rank's evaluation stream gives with ``num_workers`` readers
+        (each batching its own shards), from the sample counts recorded beside the shards;
+        skipped samples can only make it fewer. None when a shard has no recorded count."""
+        urls = self.spec.urls[self.rank :: self.world_size]
+        total = 0
+        for worker in range(num_workers):
+            counts = [recorded_sample_count(url) for url in urls[worker::num_workers]]
+            if None in counts:
+                return None
+            total += -(-sum(counts) // self.batch_size)  # type: ignore[arg-type]
+        return total
+
     def check_enough_shards(self, num_workers: int) -> None:
         """Fail early when some training worker would receive no shard at all."""
         if self.training and not self.resample:
@@ -374,6 +387,16 @@ class EpochLoader(DataLoader):
         super().__init__(dataset, batch_size=None, num_workers=num_workers)
         self.epoch_source = epoch_source
         self.trained_source = trained_source
+
+    def __len__(self) -> int:
+        """Training: the fixed batches per rank. Evaluation: the batches the recorded shard
+        sizes give (progress bars show a total and an ETA); no length when they are unknown."""
+        if self.dataset.training:
+            return len(self.dataset)
+        batches = self.dataset.evaluation_batches(max(1, self.num_workers))
+        if batches is None:
+            raise TypeError("the evaluation shards record no sample counts")
+        return batches
 
     def __iter__(self):  # type: ignore[override]
         if self.epoch_source is not None:

@@ -139,6 +139,15 @@ def _lookup_count(urls: Sequence[str]) -> int | None:
 
 def shard_sample_count(url: str) -> int | None:
     """Samples in one shard from metadata beside it, else by scanning it (local only)."""
+    known = recorded_sample_count(url)
+    if known is not None or not is_local(url):
+        return known
+    return count_tar_samples(local_path(url))
+
+
+def recorded_sample_count(url: str) -> int | None:
+    """Samples in one local shard as the metadata beside it records them (``_info.json``,
+    ``sizes.json``, img2dataset's ``_stats.json``); None without reading the shard."""
     if not is_local(url):
         return None
     path = local_path(url)
@@ -150,7 +159,7 @@ def shard_sample_count(url: str) -> int | None:
         successes = read_json(stats).get("successes")
         if isinstance(successes, int):
             return successes
-    return count_tar_samples(path)
+    return None
 
 
 @cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from datamodules import shards as shards_module
 from datamodules.formats import ClassificationFormat
 from datamodules.noise import SymmetricLabelNoise
 from datamodules.pipeline import SKIP_REASONS, DataQualityError, EpochLoader, ShardStream
@@ -216,3 +218,23 @@ def test_augmentation_draws_do_not_depend_on_the_other_samples(make_shards):
                 assert key not in images or torch.equal(images[key], image), key
                 images[key] = image
     assert len(images) == 32
+
+
+@pytest.mark.parametrize("rank_world", [(0, 1), (1, 2)])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_evaluation_loader_knows_its_batches_from_the_recorded_sizes(
+    make_shards, rank_world, workers
+):
+    """With the shards' sizes recorded (webdataset's sizes.json here), validation progress
+    bars get a total: exactly the batches the pass gives; without them, no length."""
+    spec = make_shards([9, 7, 5, 3, 6])
+    rank, world = rank_world
+    unknown = EpochLoader(make_stream(spec, training=False, rank=rank, world_size=world), workers)
+    with pytest.raises(TypeError, match="record no sample counts"):
+        len(unknown)
+    folder = Path(spec.split("/train-")[0])
+    sizes = {f"train-{i:04d}.tar": n for i, n in enumerate([9, 7, 5, 3, 6])}
+    (folder / "sizes.json").write_text(json.dumps(sizes))
+    shards_module._metadata_lengths.cache_clear()
+    loader = EpochLoader(make_stream(spec, training=False, rank=rank, world_size=world), workers)
+    assert len(loader) == len(list(loader))
