@@ -62,6 +62,8 @@ def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_pat
         "train/acc_clean",
         "train/memorised",
         "train/device/samples_per_sec",
+        "train/data_wait_ms",
+        "train/data_wait_share",
         "noise/realised_rate",
         "data/skipped",
         "val/val/acc",
