@@ -38,6 +38,7 @@ from lightning import LightningDataModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.data_audit import DataAudit
@@ -551,6 +552,34 @@ class SuiteCLI(LightningCLI):
                 cb for cb in self.trainer.callbacks if not isinstance(cb, LearningRateMonitor)
             ]
         self.check_before_running("fit")
+        if arguments.get("ckpt_path"):
+            self.continue_log_folder(Path(arguments["ckpt_path"]))
+
+    def continue_log_folder(self, checkpoint: Path) -> None:
+        """A resumed run logs on in the TensorBoard folder of the run it resumes (recorded in
+        the checkpoint by ``ExportBackbone``), not in a new ``version_N``; events the killed run
+        wrote after the checkpoint's step are purged (``purge_step``), so the curves go on
+        without doubled steps. Only when the config leaves ``version`` unset and the folder
+        sits where this logger logs."""
+        logger = self.subcommand_config().trainer.logger
+        current = self.trainer.logger
+        if not isinstance(current, TensorBoardLogger) or not isinstance(logger, Namespace):
+            return
+        options = logger.init_args.as_dict()
+        if options.get("version") is not None:
+            return
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # an unsafe opt-in checkpoint or an old format: a new folder
+            return
+        log_dir = ((state.get("callbacks") or {}).get(ExportBackbone.__qualname__) or {}).get(
+            "log_dir"
+        )
+        if not log_dir or Path(log_dir).parent != Path(current.root_dir).resolve():
+            return
+        self.trainer.logger = TensorBoardLogger(
+            **{**options, "version": Path(log_dir).name, "purge_step": state["global_step"]}
+        )
 
     def before_validate(self) -> None:
         self.check_before_running("validate")

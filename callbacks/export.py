@@ -106,15 +106,18 @@ class ExportBackbone(L.Callback):
         self.dirpath = dirpath
         self.overwrite = overwrite
         self.run_id = uuid.uuid4().hex
+        self.log_dir: str | None = None  # the run's log folder, once fit starts
         self.exported: Path | None = None  # the folder, once written (rank 0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id}
+        """The run's id, and its log folder, where a resume goes on logging (train.py)."""
+        return {"run_id": self.run_id, "log_dir": self.log_dir}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.run_id = state_dict["run_id"]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log_dir = str(Path(trainer.log_dir or ".").resolve())  # every rank: a broadcast
         if self.enabled:
             self._folder_and_run(trainer)
 

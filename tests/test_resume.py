@@ -351,11 +351,15 @@ def test_resume_from_an_epoch_end_checkpoint_file_replays_the_interrupted_epoch(
 def test_the_documented_ckpt_path_last_resumes_the_killed_quickstart(runs, uninterrupted):
     """``python train.py fit --config quickstart/pretrain_fs.yaml --ckpt_path last`` after a
     kill: the quickstart's ModelCheckpoint saves ``last.ckpt`` at epoch ends, so the run goes
-    on from the start of the epoch it was killed in."""
+    on from the start of the epoch it was killed in, logging on in the killed run's folder."""
     resumed, killed = runs["documented"], runs["killed"]
     assert_finished(resumed)
     assert_continues_uninterrupted_run(resumed, uninterrupted, epoch=1)
     assert_same_noisy_labels(killed, resumed)
+    # it logs on in the killed run's folder: one curve per tag, each epoch once
+    folders = sorted((resumed.save_dir / "quickstart_pretrain_fs").glob("version_*"))
+    assert [folder.name for folder in folders] == ["version_0"]
+    assert realised_rates(resumed) == realised_rates(runs["uninterrupted"])
 
 
 def test_sigterm_finishes_the_step_in_flight_then_exits_with_status_143(runs, uninterrupted):
