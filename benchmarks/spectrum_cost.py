@@ -19,7 +19,7 @@ Measured side by side in one run:
    resolved only when the repeats of both variants agree within the target. A second estimate,
    free of the data loader's noise, times the callback's own work directly, once per repeat
    right after its epochs (fastest of 3 passes): ``GramAccumulator.update`` on as many random
-   512-d rows, in the same batches, as the epoch saw, plus one ``metrics()`` call.
+   512-d rows, in the same batches, as the epoch saw, plus one ``spectrum()`` call.
    ``fraction_direct`` is its fastest time over the fastest epoch without the callback: other
    jobs on the machine only add time, so minima estimate the intrinsic costs (as ``timeit``);
    the ratio of the medians and per-repeat ratios are kept too. The same work is also timed on
@@ -30,7 +30,7 @@ Measured side by side in one run:
    streamed in batches of 1024, each N in a fresh ``spawn`` subprocess so runs share no peak: the
    accumulator's own buffers (G and the column sums) and the growth of the process's peak RSS
    (``VmHWM``, reset through ``/proc/self/clear_refs`` where allowed, else ``getrusage``) over
-   its RSS before the run. ``metrics()`` is part of the run. The ratio mem(100k)/mem(10k) should
+   its RSS before the run. ``spectrum()`` is part of the run. The ratio mem(100k)/mem(10k) should
    be about 1.0; for contrast, the bytes of the full N x D float32 matrix (and its float64 copy)
    that an exact SVD needs, computed, not allocated.
 3. **Error** against the exact SVD for N = 10k, D = 2048 float32 features with a decaying
@@ -190,7 +190,7 @@ def validate_once(
 
 
 def direct_pass(batches: list[torch.Tensor], threads: int | None = None) -> tuple[float, float]:
-    """Seconds of ``GramAccumulator.update`` over ``batches``, then of one ``metrics()`` call,
+    """Seconds of ``GramAccumulator.update`` over ``batches``, then of one ``spectrum()`` call,
     with torch's intra-op threads (default: as configured, what the callback uses)."""
     configured = torch.get_num_threads()
     torch.set_num_threads(threads or configured)
@@ -200,7 +200,7 @@ def direct_pass(batches: list[torch.Tensor], threads: int | None = None) -> tupl
         for batch in batches:
             accumulator.update(batch)
         middle = time.perf_counter()
-        accumulator.metrics()
+        accumulator.spectrum()
         return middle - start, time.perf_counter() - middle
     finally:
         torch.set_num_threads(configured)
@@ -325,10 +325,10 @@ def _reset_peak_rss() -> bool:
 
 
 def memory_run(rows: int, dim: int, batch: int) -> dict[str, Any]:
-    """In a fresh process: stream ``rows`` random rows into an accumulator, then ``metrics()``."""
+    """In a fresh process: stream ``rows`` random rows into an accumulator, then ``spectrum()``."""
     warm = GramAccumulator(64)  # thread pools and first-call allocations, outside the measure
     warm.update(torch.randn(256, 64))
-    warm.metrics()
+    warm.spectrum()
     del warm
     rss_before = _status_kib("VmRSS") or 0
     reset = _reset_peak_rss()
@@ -338,7 +338,7 @@ def memory_run(rows: int, dim: int, batch: int) -> dict[str, Any]:
     start = time.perf_counter()
     for first in range(0, rows, batch):
         accumulator.update(torch.randn(min(batch, rows - first), dim, generator=generator))
-    metrics = accumulator.metrics()
+    metrics = accumulator.spectrum()
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM") if reset else None
     if peak is None:
@@ -535,7 +535,7 @@ def report(results: dict[str, Any]) -> None:
         each = " ".join(f"{total:.3f}" for total in entry["total_s"])
         print(
             f"direct, {label}: update {direct['rows']} x {direct['dim']}"
-            f" {entry['min_update_s']:.3f} s + metrics() {entry['min_metrics_s']:.3f} s"
+            f" {entry['min_update_s']:.3f} s + spectrum() {entry['min_metrics_s']:.3f} s"
             f" (fastest; per repeat {each} s) = {fraction:.2%} of the fastest epoch without"
         )
     print(

@@ -30,9 +30,9 @@ the suite's default) and ``official`` (rows normalised, row-centred).
 Two paths compute the same numbers:
 
 * :func:`spectral_metrics` takes the whole matrix and runs ``torch.linalg.svdvals``.
-* :class:`GramAccumulator` streams batches into ``G = F^T F`` (plus column sums and the row
-  count), which is ``O(D^2)`` memory regardless of ``N``, can be summed across ranks with
-  ``torch.distributed``, and yields ``sigma_i = sqrt(eig_i(G'))`` with ``G' = G`` (none),
+* :class:`GramAccumulator` (a torchmetrics ``Metric``) streams batches into ``G = F^T F`` (plus
+  column sums and the row count), which is ``O(D^2)`` memory regardless of ``N``, is summed
+  across ranks by torchmetrics, and yields ``sigma_i = sqrt(eig_i(G'))`` with ``G' = G`` (none),
   ``G - s s^T / N`` (column; ``s`` the column sums) or ``P G P`` (row).
 
 Precision and the shared threshold: singular values obtained as square roots of Gram eigenvalues
@@ -58,8 +58,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+from torchmetrics import Metric
 
 __all__ = [
     "CENTER_MODES",
@@ -327,69 +327,66 @@ def spectral_metrics(
     return _metrics(sv)
 
 
-class GramAccumulator:
+class EmptySpectrum(ValueError):
+    """No row was accumulated (on any rank): there is no spectrum to compute."""
+
+
+class GramAccumulator(Metric):
     """Streams feature batches into ``F^T F`` so the spectrum of a whole data set fits in O(D^2).
 
-    Call :meth:`update` per batch, :meth:`all_reduce` once on every rank after the last update
-    (it sums, so calling it twice double-counts), then :meth:`metrics`. Results match
-    :func:`spectral_metrics` on the concatenated rows with the same options; see the module
-    docstring for the centring of G and the precision.
+    A torchmetrics ``Metric``: :meth:`update` per batch, then :meth:`spectrum`, which sums G, the
+    column sums and N over all ranks (``dist_reduce_fx="sum"`` states) and returns the same dict
+    as :func:`spectral_metrics` on the concatenated rows with the same options; see the module
+    docstring for the centring of G and the precision. Keep it on the device of the features
+    (``.to(device)``); the states are float64.
     """
 
+    full_state_update = False
+    is_differentiable = False
+
     def __init__(self, dim: int, normalize_rows: bool = True, center: bool | str = "none") -> None:
+        super().__init__()
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
         self.dim = int(dim)
         self.normalize_rows = normalize_rows
         self.center = center_mode(center)
-        self.reset()
-
-    def reset(self) -> None:
-        """Drop all accumulated statistics (buffers go back to CPU until the next update)."""
-        self._gram = torch.zeros(self.dim, self.dim, dtype=torch.float64)
-        self._col_sum = torch.zeros(self.dim, dtype=torch.float64)
-        self._count = 0
+        self.gram: Tensor
+        self.col_sum: Tensor
+        self.count: Tensor
+        self.add_state("gram", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("col_sum", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     @property
     def num_samples(self) -> int:
-        """Number of rows seen so far (global after :meth:`all_reduce`)."""
-        return self._count
-
-    @property
-    def device(self) -> torch.device:
-        """Device holding the buffers."""
-        return self._gram.device
-
-    def _to(self, device: torch.device) -> None:
-        """Move the buffers, so accumulation happens where the features live."""
-        self._gram = self._gram.to(device)
-        self._col_sum = self._col_sum.to(device)
+        """Rows this rank accumulated so far."""
+        return round(float(self.count))
 
     def update(self, features: Tensor) -> None:
         """Add a batch of rows ``(B, dim)`` in float64; an empty batch is a no-op."""
         _check_features(features, self.dim)
         if features.shape[0] == 0:
             return
-        if self._count == 0 and features.device != self.device:
-            self._to(features.device)
-        x = _prepare(features.to(self.device), self.normalize_rows)
-        self._gram.addmm_(x.T, x)
-        self._col_sum.add_(x.sum(dim=0))
-        self._count += int(x.shape[0])
+        x = _prepare(features.to(self.gram.device), self.normalize_rows)
+        self.gram.addmm_(x.T, x)
+        self.col_sum.add_(x.sum(dim=0))
+        self.count.add_(x.shape[0])
 
-    def all_reduce(self, group: dist.ProcessGroup | None = None) -> None:
-        """Sum G, column sums and N over all ranks in one collective; no-op without a group."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        if dist.get_backend(group) == "nccl" and self.device.type != "cuda":
-            self._to(torch.device("cuda", torch.cuda.current_device()))
-        count = torch.tensor([float(self._count)], dtype=torch.float64, device=self.device)
-        flat = torch.cat([self._gram.reshape(-1), self._col_sum, count])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        d2 = self.dim * self.dim
-        self._gram = flat[:d2].reshape(self.dim, self.dim).clone()
-        self._col_sum = flat[d2 : d2 + self.dim].clone()
-        self._count = round(float(flat[-1]))
+    def spectrum(self) -> dict[str, float | Tensor]:
+        """:func:`spectral_metrics`' dict over the rows of all ranks (summed here, for this call)
+        and their count ``num_samples``. Use it rather than ``compute()``, which torchmetrics
+        post-processes: it squeezes a one-element tensor, so one singular value would lose its
+        dimension."""
+        with self.sync_context():
+            return self._spectrum_of_states()
+
+    def compute(self) -> dict[str, float | Tensor]:
+        """The metrics of the accumulated rows and their count (see :meth:`spectrum`)."""
+        return self._spectrum_of_states()
+
+    def _spectrum_of_states(self) -> dict[str, float | Tensor]:
+        return {**_metrics(self.singular_values()), "num_samples": round(float(self.count))}
 
     def singular_values(self) -> Tensor:
         """Descending float64 singular values of length ``min(N, D)`` from ``eigvalsh`` of G.
@@ -397,19 +394,16 @@ class GramAccumulator:
         Negative eigenvalues (rounding) are clamped to 0 and the shared relative threshold is
         applied, so tiny singular values are 0 here rather than imprecise.
         """
-        if self._count == 0:
-            raise ValueError("no samples accumulated: call update() before computing the spectrum")
-        gram = self._gram
+        count = round(float(self.count))
+        if count == 0:
+            raise EmptySpectrum("no samples accumulated: call update() before the spectrum")
+        gram = self.gram
         if self.center == "column":
-            gram = gram - torch.outer(self._col_sum, self._col_sum) / self._count
+            gram = gram - torch.outer(self.col_sum, self.col_sum) / count
         elif self.center == "row":
             # P G P with P = I - 1 1^T / D: subtract row and column means, add back the grand mean
             means = gram.mean(dim=1)
             gram = gram - means.unsqueeze(0) - means.unsqueeze(1) + means.mean()
         eigenvalues = torch.linalg.eigvalsh(gram).flip(0)
-        eigenvalues = _threshold_eigenvalues(eigenvalues, torch.trace(self._gram))
-        return eigenvalues[: min(self._count, self.dim)].sqrt()
-
-    def metrics(self) -> dict[str, float | Tensor]:
-        """Same dict as :func:`spectral_metrics` on all accumulated rows."""
-        return _metrics(self.singular_values())
+        eigenvalues = _threshold_eigenvalues(eigenvalues, torch.trace(self.gram))
+        return eigenvalues[: min(count, self.dim)].sqrt()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks.spectrum import METRIC_NAMES, GramAccumulator, resolve_protocol
+from callbacks.spectrum import METRIC_NAMES, EmptySpectrum, GramAccumulator, resolve_protocol
 
 
 def spectrum_plot(
@@ -66,7 +66,8 @@ class SpectrumMonitor(L.Callback):
     Features come from the validation step's output (``outputs["features"]``) when the module
     returns them, else from ``pl_module.features(batch)``: penultimate features for timm models,
     image embeddings for CLIP, the transformed features Z for NMTune. Each rank accumulates the
-    Gram matrix of its rows; the matrices are summed across ranks at the end of the epoch.
+    Gram matrix of its rows (a torchmetrics ``Metric``, ``GramAccumulator``); torchmetrics sums
+    them across ranks at the end of the epoch.
 
     Logged: ``spectrum/<set>/<metric>`` for each of ``sve``, ``lsvr``, ``erank``,
     ``stable_rank`` and ``alpha_req`` (see ``callbacks/spectrum.py``; a metric that is undefined
@@ -129,7 +130,7 @@ class SpectrumMonitor(L.Callback):
         for name in wanted:
             self.accumulators[name] = GramAccumulator(
                 pl_module.feature_dim, self.protocol.normalize_rows, self.protocol.center
-            )
+            ).to(pl_module.device)  # where the features are, and where the ranks' sum runs
 
     def _collect(
         self,
@@ -162,11 +163,10 @@ class SpectrumMonitor(L.Callback):
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
         for name, accumulator in self.accumulators.items():
-            accumulator.all_reduce()
-            if accumulator.num_samples == 0:
-                continue
             try:
-                metrics = accumulator.metrics()
+                metrics = accumulator.spectrum()  # every rank calls it: the ranks' sum
+            except EmptySpectrum:  # no rank saw a row of this set
+                continue
             except ValueError as err:
                 warnings.warn(f"spectrum of {split} set {name!r} skipped: {err}", stacklevel=2)
                 continue

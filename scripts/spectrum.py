@@ -241,6 +241,7 @@ def set_spectrum(backbone: Backbone, spec: ShardSpec, args: argparse.Namespace) 
     """Stream one set's features into a Gram matrix; its spectrum and sample count."""
     protocol: SpectrumProtocol = args.spectrum
     gram = GramAccumulator(backbone.dim, protocol.normalize_rows, protocol.center)
+    gram = gram.to(args.device)
     for batch in set_loader(spec, args, backbone):
         images = batch["image"]
         if args.max_samples:
@@ -251,7 +252,7 @@ def set_spectrum(backbone: Backbone, spec: ShardSpec, args: argparse.Namespace) 
     if gram.num_samples == 0:
         fields = "captions" if args.image_text else "labels (cls)"
         raise ConfigError(f"no usable sample in {spec.spec}: check it holds images and {fields}")
-    metrics = gram.metrics()
+    metrics = gram.spectrum()
     return {
         "shards": spec.spec,
         "num_samples": gram.num_samples,

@@ -155,8 +155,8 @@ def test_isotropic_is_log_dim(dim: int, repeats: int) -> None:
     assert out["lsvr"] == pytest.approx(math.log(dim), abs=1e-12)
     acc = GramAccumulator(dim, normalize_rows=True)
     acc.update(x)
-    assert acc.metrics()["sve"] == pytest.approx(math.log(dim), abs=1e-12)
-    assert acc.metrics()["lsvr"] == pytest.approx(math.log(dim), abs=1e-12)
+    assert acc.spectrum()["sve"] == pytest.approx(math.log(dim), abs=1e-12)
+    assert acc.spectrum()["lsvr"] == pytest.approx(math.log(dim), abs=1e-12)
 
 
 def test_formula_functions() -> None:
@@ -206,7 +206,7 @@ def test_alpha_req_recovers_an_exact_power_law(alpha: float) -> None:
     assert out["alpha_req"] == pytest.approx(alpha, rel=1e-10)
     acc = GramAccumulator(dim, normalize_rows=False)
     acc.update(rows)
-    assert acc.metrics()["alpha_req"] == pytest.approx(alpha, rel=1e-8)
+    assert acc.spectrum()["alpha_req"] == pytest.approx(alpha, rel=1e-8)
     sv = out["singular_values"]
     assert alpha_req(sv, ranks=(1, 200)) == pytest.approx(alpha, rel=1e-10)
     assert alpha_req(sv[:5]) == pytest.approx(alpha, rel=1e-10), "fewer than 12: ranks 1..5"
@@ -264,7 +264,7 @@ def test_official_protocol_is_the_exact_svd_of_row_centred_features(kind: str) -
     acc = GramAccumulator(x.shape[1], official.normalize_rows, official.center)
     for chunk in torch.split(x, 7):
         acc.update(chunk)
-    assert_metrics_close(acc.metrics(), out, REL_TOL)
+    assert_metrics_close(acc.spectrum(), out, REL_TOL)
     if x.shape[0] >= x.shape[1]:  # the direction 1 is removed: one exact zero
         assert out["singular_values"][-1] == 0.0 and acc.singular_values()[-1] == 0.0
 
@@ -342,7 +342,7 @@ def test_accumulator_matches_svd_in_any_batching(
         for chunk in torch.split(x, sizes):
             acc.update(chunk)
         assert acc.num_samples == x.shape[0]
-        out = acc.metrics()
+        out = acc.spectrum()
         assert_metrics_close(out, ref, REL_TOL)
         sv = out["singular_values"]
         assert sv.dtype == torch.float64 and sv.shape == ref["singular_values"].shape
@@ -358,18 +358,9 @@ def test_accumulator_reset_and_num_samples() -> None:
     acc.reset()
     assert acc.num_samples == 0
     with pytest.raises(ValueError, match="no samples"):
-        acc.metrics()
+        acc.spectrum()
     acc.update(x)
-    assert acc.metrics()["sve"] == pytest.approx(spectral_metrics(x)["sve"], rel=REL_TOL)
-
-
-def test_all_reduce_without_process_group_is_noop() -> None:
-    acc = GramAccumulator(16)
-    acc.update(make_features("random_tall"))
-    before = acc.metrics()
-    acc.all_reduce()
-    assert acc.num_samples == 300
-    assert acc.metrics()["sve"] == before["sve"]
+    assert acc.spectrum()["sve"] == pytest.approx(spectral_metrics(x)["sve"], rel=REL_TOL)
 
 
 # --- degenerate inputs -------------------------------------------------------------------------
@@ -383,7 +374,7 @@ def test_single_sample(normalize_rows: bool) -> None:
     assert out["singular_values"].shape == (1,)
     acc = GramAccumulator(8, normalize_rows=normalize_rows)
     acc.update(x)
-    m = acc.metrics()
+    m = acc.spectrum()
     assert m["sve"] == pytest.approx(0.0, abs=1e-12) and m["lsvr"] == pytest.approx(0.0, abs=1e-12)
     assert m["singular_values"].shape == (1,)
 
@@ -395,7 +386,7 @@ def test_single_sample_centered_is_all_zero() -> None:
     acc = GramAccumulator(8, center=True)
     acc.update(x)
     with pytest.raises(ValueError, match="all zero"):
-        acc.metrics()
+        acc.spectrum()
 
 
 @pytest.mark.parametrize("normalize_rows", [True, False])
@@ -406,7 +397,7 @@ def test_all_zero_features_raise(normalize_rows: bool) -> None:
     acc = GramAccumulator(8, normalize_rows=normalize_rows)
     acc.update(x)
     with pytest.raises(ValueError, match="features are all zero: the spectrum is undefined"):
-        acc.metrics()
+        acc.spectrum()
 
 
 def test_zero_rows_stay_zero() -> None:
@@ -418,7 +409,7 @@ def test_zero_rows_stay_zero() -> None:
     assert rel_err(out["sve"], sve) < 1e-9 and rel_err(out["lsvr"], lsvr) < 1e-9
     acc = GramAccumulator(16)
     acc.update(x)
-    assert rel_err(acc.metrics()["sve"], sve) < REL_TOL
+    assert rel_err(acc.spectrum()["sve"], sve) < REL_TOL
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -456,7 +447,7 @@ def test_more_dims_than_samples() -> None:
     assert 0.0 < out["sve"] <= math.log(3) + 1e-12
     acc = GramAccumulator(64)
     acc.update(x)
-    m = acc.metrics()
+    m = acc.spectrum()
     assert m["singular_values"].shape == (3,)
     assert rel_err(m["sve"], sve) < REL_TOL and rel_err(m["lsvr"], lsvr) < REL_TOL
 
@@ -484,10 +475,9 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str, center: str
         acc = GramAccumulator(x.shape[1], center=center)
         for chunk in torch.split(shard, 7):
             acc.update(chunk)
-        acc.all_reduce()
-        m = acc.metrics()
+        m = acc.spectrum()  # the ranks' sum
         result = {
-            "num_samples": acc.num_samples,
+            "num_samples": m["num_samples"],
             **{name: m[name] for name in METRIC_NAMES},
             "singular_values": m["singular_values"].tolist(),
         }
