@@ -86,6 +86,12 @@ def write_card(
     return path
 
 
+def exports_after_validate(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    """A ``validate`` run of a model with nothing to train (``training_free``, the zero-shot
+    head): its results are final, so it is exported (and summarised) as a ``fit`` is."""
+    return trainer.state.fn == "validate" and getattr(pl_module, "training_free", False)
+
+
 class ExportBackbone(L.Callback):
     """At the end of ``fit``, rank 0 writes ``<log_dir>/export/`` (weights, configs, card); a
     model with nothing to train (``training_free``, the zero-shot head) at the end of
@@ -125,18 +131,13 @@ class ExportBackbone(L.Callback):
         if self.enabled:
             self._export(trainer, pl_module)
 
-    # a model with nothing to train (zero-shot) is exported after ``validate`` instead
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.enabled and self._training_free_validation(trainer, pl_module):
+        if self.enabled and exports_after_validate(trainer, pl_module):
             self._folder_and_run(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.enabled and self._training_free_validation(trainer, pl_module):
+        if self.enabled and exports_after_validate(trainer, pl_module):
             self._export(trainer, pl_module)
-
-    @staticmethod
-    def _training_free_validation(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        return trainer.state.fn == "validate" and getattr(pl_module, "training_free", False)
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         directory, run = self._folder_and_run(trainer)  # another may have exported meanwhile

@@ -16,9 +16,14 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
-from lightning_modules.metric_keys import ACCURACY, F1, parse_evaluation_tag
-
-SPECTRAL = ("sve", "lsvr")
+from callbacks.export import exports_after_validate
+from lightning_modules.metric_keys import (
+    ACCURACY,
+    F1,
+    PAPER_SPECTRUM,
+    parse_evaluation_tag,
+    parse_spectrum_tag,
+)
 
 
 def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -56,10 +61,9 @@ def result_tags(metrics: dict[str, Any]) -> list[str]:
     mean), and its SVE and LSVR."""
     tags = []
     for tag in metrics:
-        parsed = parse_evaluation_tag(tag)
-        parts = tag.split("/")
-        if (parsed and parsed[2] in (ACCURACY, F1)) or (
-            len(parts) == 3 and parts[0] == "spectrum" and parts[2] in SPECTRAL
+        evaluation, spectral = parse_evaluation_tag(tag), parse_spectrum_tag(tag)
+        if (evaluation and evaluation[2] in (ACCURACY, F1)) or (
+            spectral and spectral[1] in PAPER_SPECTRUM
         ):
             tags.append(tag)
     return tags
@@ -80,7 +84,7 @@ class HparamsSummary(L.Callback):
         self._write(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == "validate" and getattr(pl_module, "training_free", False):
+        if exports_after_validate(trainer, pl_module):
             self._write(trainer, pl_module)
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

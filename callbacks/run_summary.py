@@ -9,9 +9,7 @@ from pathlib import Path
 import lightning as L
 
 from callbacks.export import ExportBackbone
-
-EVALUATION_SPLITS = ("val", "test")
-SPECTRUM_COLUMNS = ("sve", "lsvr")  # the paper's two; the rest stay in TensorBoard
+from lightning_modules.metric_keys import PAPER_SPECTRUM, parse_evaluation_tag, parse_spectrum_tag
 
 
 def results_table(metrics: Mapping[str, float]) -> str:
@@ -21,14 +19,12 @@ def results_table(metrics: Mapping[str, float]) -> str:
     rows: dict[str, dict[str, float]] = {}
     spectrum: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
-        parts = key.split("/")
-        if len(parts) != 3:
-            continue
-        split, name, metric = parts
-        if split in EVALUATION_SPLITS and "_wd_" not in metric:
-            rows.setdefault(f"{split}/{name}", {})[metric] = float(value)
-        elif split == "spectrum" and metric in SPECTRUM_COLUMNS:
-            spectrum.setdefault(name, {})[metric] = float(value)
+        if (evaluation := parse_evaluation_tag(key)) is not None:
+            kind, name, metric = evaluation
+            if "_wd_" not in metric:
+                rows.setdefault(f"{kind}/{name}", {})[metric] = float(value)
+        elif (spectral := parse_spectrum_tag(key)) is not None and spectral[1] in PAPER_SPECTRUM:
+            spectrum.setdefault(spectral[0], {})[spectral[1]] = float(value)
     for row, values in rows.items():
         values.update(spectrum.get(row.split("/", 1)[1], {}))
     if not rows:

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks.spectrum import METRIC_NAMES, EmptySpectrum, GramAccumulator, resolve_protocol
+from lightning_modules.metric_keys import spectrum_tag
 
 
 def spectrum_plot(
@@ -170,13 +171,12 @@ class SpectrumMonitor(L.Callback):
             except ValueError as err:
                 warnings.warn(f"spectrum of {split} set {name!r} skipped: {err}", stacklevel=2)
                 continue
-            prefix = f"spectrum/{name}"
             for metric in METRIC_NAMES:
                 if math.isfinite(metrics[metric]):
                     # a float64 tensor: Lightning would round a Python float to float32
                     value = torch.tensor(metrics[metric], dtype=torch.float64)
                     pl_module.log(
-                        f"{prefix}/{metric}", value, sync_dist=False, add_dataloader_idx=False
+                        spectrum_tag(name, metric), value, sync_dist=False, add_dataloader_idx=False
                     )
             if trainer.is_global_zero:
                 self._plot(trainer, name, metrics)
@@ -196,13 +196,14 @@ class SpectrumMonitor(L.Callback):
         curves.append((f"epoch {epoch}", singular_values))
         annotation = f"SVE {metrics['sve']:.3f}\nLSVR {metrics['lsvr']:.3f}"
         for board in boards:
-            tag = f"spectrum/{name}"
             if self.log_plots:
                 image = spectrum_plot(curves, f"{name}, step {step}", annotation)
-                board.experiment.add_image(f"{tag}/plot", image, step, dataformats="HWC")
+                tag = spectrum_tag(name, "plot")
+                board.experiment.add_image(tag, image, step, dataformats="HWC")
             if self.log_histogram:
                 positive = singular_values[singular_values > 0]
-                board.experiment.add_histogram(f"{tag}/log10_sigma", positive.log10(), step)
+                tag = spectrum_tag(name, "log10_sigma")
+                board.experiment.add_histogram(tag, positive.log10(), step)
 
     # --- Lightning hooks ------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -79,22 +79,22 @@ class WiseFT(L.Callback):
             self.scores[alpha] = score_validation_sets(trainer, pl_module)
         pl_module.load_state_dict(fine_tuned)
         best = max(self.alphas, key=lambda a: (self.scores[a][f"{self.selection}/acc"], -a))
-        self._log(trainer, self.scores, best)
+        self._log(trainer, pl_module, self.scores, best)
 
-    def _log(self, trainer: L.Trainer, scores: dict[float, dict[str, float]], best: float) -> None:
-        kind = trainer.datamodule.evaluation_kind
-
-        def tag(key: str) -> str:  # <set>/<metric> -> <val or test>/<set>/<metric>
-            name, _, metric = key.rpartition("/")
-            return metric_keys.evaluation_tag(kind("val", name), name, metric)
-
+    def _log(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        scores: dict[float, dict[str, float]],
+        best: float,
+    ) -> None:
         results = {"wise_ft/best_alpha": best}
-        results |= {f"wise_ft/{tag(key)}": value for key, value in scores[best].items()}
+        results |= {f"wise_ft/{tag}": v for tag, v in pl_module.tagged("val", scores[best]).items()}
         results |= {
-            f"wise_ft/alpha_{alpha:g}/{tag(key)}": value
+            f"wise_ft/alpha_{alpha:g}/{tag}": value
             for alpha, values in scores.items()
-            for key, value in values.items()
-            if key.endswith(f"/{metric_keys.ACCURACY}")
+            for tag, value in pl_module.tagged("val", values).items()
+            if tag.endswith(f"/{metric_keys.ACCURACY}")
         }
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in results.items()})
         if trainer.logger is None or not trainer.is_global_zero:

@@ -308,6 +308,7 @@ class ShardStream(IterableDataset):
         ledger: SkipLedger,
         trained: TrainedBeforeResume | None = None,
     ) -> Iterator[Sample]:
+        in_main_process = get_worker_info() is None
         for sample in samples:
             url = sample.pop("__url__")
             if trained is not None and trained.remaining > 0:
@@ -315,7 +316,8 @@ class ShardStream(IterableDataset):
                 continue
             try:
                 if self.training:  # augmentation drawn from (seed, epoch, key) alone
-                    with keyed_randomness(self.seed, sample["__key__"], f"augment/{self.epoch}"):
+                    key, stream = sample["__key__"], f"augment/{self.epoch}"
+                    with keyed_randomness(self.seed, key, stream, restore=in_main_process):
                         finished = self.format.finish(sample)
                 else:
                     finished = self.format.finish(sample)

@@ -376,15 +376,22 @@ class Adaptation(NoisyTrainingModule):
         datamodule = self.trainer.datamodule
         names = datamodule.eval_names(split)
         logs = self.classifier.compute(names, selection)
-        tagged = {}
-        for key, value in logs.items():
-            name, _, metric = key.rpartition("/")
-            tagged[self.evaluation_tag(split, name, metric) if name else f"{split}/{key}"] = value
+        tagged = self.tagged(split, logs)
         mean_sets = getattr(datamodule, "mean_sets", lambda split, names: [])(split, names)
         for metric in (metric_keys.ACCURACY, metric_keys.F1) if mean_sets else ():
             mean = sum(logs[f"{name}/{metric}"] for name in mean_sets) / len(mean_sets)
             tagged[metric_keys.evaluation_tag("test", metric_keys.MEAN_SET, metric)] = mean
         self.log_dict(tagged, sync_dist=False)
+
+    def tagged(self, split: str, scores: dict[str, float]) -> dict[str, float]:
+        """The classifier's ``<set>/<metric>`` scores of ``split``'s loop under their tags
+        (``val/`` or ``test/``, see ``metric_keys.py``); a bare key (the sweep's selected weight
+        decay) goes under ``<split>/``."""
+        tags = {}
+        for key, value in scores.items():
+            name, _, metric = key.rpartition("/")
+            tags[self.evaluation_tag(split, name, metric) if name else f"{split}/{key}"] = value
+        return tags
 
     def predict_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0

@@ -30,6 +30,7 @@ F1 = "f1"
 LOSS = "loss"
 MEAN_SET = "mean"  # test/mean/<metric>
 SPECTRUM = "spectrum"
+PAPER_SPECTRUM = ("sve", "lsvr")  # the paper's two spectrum metrics; the rest stay in TensorBoard
 
 
 def evaluation_tag(kind: str, set_name: str, metric: str) -> str:
@@ -39,6 +40,14 @@ def evaluation_tag(kind: str, set_name: str, metric: str) -> str:
 
 def spectrum_tag(set_name: str, metric: str) -> str:
     return f"{SPECTRUM}/{set_name}/{metric}"
+
+
+def parse_spectrum_tag(tag: str) -> tuple[str, str] | None:
+    """``(set, metric)`` of a spectrum tag; None for any other tag."""
+    parts = tag.split("/")
+    if len(parts) == 3 and parts[0] == SPECTRUM:
+        return parts[1], parts[2]
+    return None
 
 
 def parse_evaluation_tag(tag: str) -> tuple[str, str, str] | None:

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import webdataset as wds
@@ -114,3 +116,16 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     events = EventAccumulator(str(run_dir))
     events.Reload()
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def quiet_trainer(**options: Any) -> L.Trainer:
+    """A CPU Trainer that writes nothing (no logger, checkpoints, progress bar or summary);
+    ``options`` add to or override those."""
+    defaults = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**defaults, **options})

@@ -238,3 +238,30 @@ def test_an_evaluation_loader_knows_its_batches_from_the_recorded_sizes(
     shards_module._metadata_lengths.cache_clear()
     loader = EpochLoader(make_stream(spec, training=False, rank=rank, world_size=world), workers)
     assert len(loader) == len(list(loader))
+
+
+def test_keyed_draws_restore_the_main_process_generators_and_match_without_restoring():
+    """In the main process the global generators are given back; a worker skips that (it is
+    the costly part) and draws the same numbers."""
+    import random
+
+    import numpy as np
+
+    from datamodules.keyed_random import keyed_randomness
+
+    def draws() -> tuple[float, float, float]:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    before = draws()
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    with keyed_randomness(0, "key", "augment/0"):
+        restored = draws()
+    assert draws() == before  # as if the block had not run
+    with keyed_randomness(0, "key", "augment/0", restore=False):
+        unrestored = draws()
+    assert unrestored == restored != before

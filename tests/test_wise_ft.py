@@ -12,6 +12,7 @@ from lightning_modules.adapt import Adaptation
 from lightning_modules.backbones import BackboneConfig
 from lightning_modules.base import OptimizerConfig
 from lightning_modules.wise_ft import interpolate_weights
+from tests.conftest import quiet_trainer
 from tests.test_adapt import data_module, export_card, quickstart_metrics
 
 
@@ -32,7 +33,7 @@ def ft_module(card) -> Adaptation:
 
 
 def validate(module: Adaptation, data) -> dict[str, float]:
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer = quiet_trainer()
     trainer.validate(module, datamodule=data, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -42,15 +43,8 @@ def test_alpha_0_is_the_start_and_alpha_1_the_fine_tuned_model(make_shards, tmp_
     spec = make_shards([24, 24])
     wise = WiseFT(alphas=[1.0, 0.0, 0.5])
     module = ft_module(card)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        limit_train_batches=3,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[wise],
+    trainer = quiet_trainer(
+        max_epochs=2, limit_train_batches=3, num_sanity_val_steps=0, callbacks=[wise]
     )
     trainer.fit(module, datamodule=data_module(spec))
     assert sorted(wise.scores) == [0.0, 0.5, 1.0]
@@ -79,7 +73,7 @@ def test_wise_ft_refuses_methods_other_than_ft_and_unknown_sets(make_shards, tmp
         (lp, WiseFT(), "needs model.method ft, not 'lp'"),
         (ft_module(card), WiseFT(selection="in1k"), "selection is 'in1k' but the validation"),
     ]:
-        trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, callbacks=[callback])
+        trainer = quiet_trainer(max_steps=1, callbacks=[callback])
         with pytest.raises(ConfigError, match=message):
             trainer.fit(module, datamodule=data)
     with pytest.raises(ConfigError, match="alphas must lie in"):

@@ -20,7 +20,7 @@ from lightning_modules.adapt import Adaptation
 from lightning_modules.backbones import BackboneConfig, from_card
 from lightning_modules.pretrain_clip import ContrastivePretraining
 from lightning_modules.zeroshot import TEMPLATE_SETS, ZeroShotConfig, zero_shot_classifier
-from tests.conftest import run_train
+from tests.conftest import quiet_trainer, run_train
 
 # open_clip's BPE vocabulary, so real prompts tokenise; everything else tiny
 TINY_CLIP = {
@@ -142,15 +142,8 @@ def test_fine_tuning_can_start_from_the_zero_shot_head(
         def on_train_start(self, trainer, pl_module) -> None:
             start["weight"] = pl_module.classifier.weight.detach().clone()
 
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[AtStart()],
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[AtStart()]
     )
     trainer.fit(module, data)
     names = data.class_names
