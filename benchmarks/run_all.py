@@ -29,7 +29,13 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR, machine_info, write_results
 
 NAME = "all"
-BENCHMARKS = ("data_throughput", "spectrum_cost", "pretrain_throughput", "adaptation_speed")
+BENCHMARKS = (
+    "data_throughput",
+    "spectrum_cost",
+    "pretrain_throughput",
+    "adaptation_speed",
+    "augmentation_seeding",
+)
 LOG_TAIL_CHARS = 4000
 
 
