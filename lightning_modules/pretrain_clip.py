@@ -18,10 +18,10 @@ from datamodules.errors import ConfigError
 from datamodules.image_text import ImageTextDataModule
 from lightning_modules import metric_keys
 from lightning_modules.base import NoisyTrainingModule, OptimizerConfig
+from lightning_modules.retrieval import RetrievalRecall
 
 # open_clip's 7-prompt ensemble from the CLIP paper, as format strings so YAML can override it
 DEFAULT_TEMPLATES = tuple(template("{}") for template in open_clip.SIMPLE_IMAGENET_TEMPLATES)
-RECALL_AT = (1, 5)
 MAX_LOGIT_SCALE = math.log(100)  # open_clip's clamp: temperature never below 0.01
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
@@ -84,38 +84,6 @@ def make_clip_loss(rank: int, world_size: int) -> open_clip.ClipLoss:
     )
 
 
-def retrieval_recall(
-    image: torch.Tensor, text: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024
-) -> dict[str, torch.Tensor]:
-    """Recall@k of paired embeddings (row i of each is one pair), image->text and text->image.
-
-    Copies of one caption (templated or boilerplate web text) are one answer: image->text ranks
-    the distinct captions, and text->image counts every image paired with that caption as a hit.
-    Otherwise the top 5 could be five copies of one caption, tied in an arbitrary order.
-    """
-    distinct, caption_ids = torch.unique(tokens, dim=0, return_inverse=True)
-    rows = torch.arange(len(tokens), device=tokens.device)
-    first = torch.full((len(distinct),), len(tokens), device=tokens.device)
-    first = first.scatter_reduce(0, caption_ids, rows, reduce="amin")
-    directions = {
-        "image_to_text": (image, text[first], torch.arange(len(distinct), device=tokens.device)),
-        "text_to_image": (text, image, caption_ids),
-    }
-    results = {}
-    for direction, (queries, keys, key_ids) in directions.items():
-        top_k = min(max(RECALL_AT), len(keys))
-        hits = torch.cat(
-            [
-                key_ids[(queries[start : start + chunk] @ keys.T).topk(top_k, dim=1).indices]
-                == caption_ids[start : start + chunk, None]
-                for start in range(0, len(queries), chunk)
-            ]
-        )
-        for k in RECALL_AT:
-            results[f"{direction}_R@{k}"] = hits[:, :k].any(dim=1).float().mean()
-    return results
-
-
 class ContrastivePretraining(NoisyTrainingModule):
     """The symmetric InfoNCE loss of CLIP on (possibly swapped) image-caption pairs.
 
@@ -145,8 +113,8 @@ class ContrastivePretraining(NoisyTrainingModule):
         self.zeroshot_templates = list(zeroshot_templates or DEFAULT_TEMPLATES)
         self.loss_fn: open_clip.ClipLoss | None = None
         self.zeroshot_metrics = nn.ModuleDict()
+        self.retrieval_metrics = nn.ModuleDict()
         self._classifiers: dict[str, torch.Tensor] = {}
-        self._embeddings: dict[str, dict[str, list[torch.Tensor]]] = {}
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -161,6 +129,11 @@ class ContrastivePretraining(NoisyTrainingModule):
         for name in datamodule.zeroshot_names:
             classes = len(datamodule.zeroshot_classes[name])
             self.zeroshot_metrics[name] = MulticlassAccuracy(classes, average="micro")
+        for name in datamodule.eval_names("val") + datamodule.eval_names("test"):
+            if name not in datamodule.zeroshot_names:
+                self.retrieval_metrics[name] = RetrievalRecall(
+                    self.feature_dim, datamodule.context_length
+                )
 
     def _check_data(self, datamodule: ImageTextDataModule) -> None:
         """Mismatched sizes would otherwise fail deep in a positional embedding."""
@@ -214,15 +187,12 @@ class ContrastivePretraining(NoisyTrainingModule):
         self._log_retrieval("test")
 
     def _start_evaluation(self, split: str) -> None:
-        """Empty the embedding stores; embed the zero-shot prompts with the current weights."""
+        """Empty the retrieval metrics; embed the zero-shot prompts with the current weights."""
         datamodule = self.trainer.datamodule
-        zeroshot = datamodule.zeroshot_names if split == "val" else []
-        self._embeddings = {
-            name: {"image": [], "text": [], "tokens": []}
-            for name in datamodule.eval_names(split)
-            if name not in zeroshot
-        }
+        for metric in self.retrieval_metrics.values():
+            metric.reset()
         tokenizer = datamodule.tokenizer()
+        zeroshot = datamodule.zeroshot_names if split == "val" else []
         self._classifiers = {
             name: open_clip.build_zero_shot_classifier(
                 self.model,
@@ -248,40 +218,19 @@ class ContrastivePretraining(NoisyTrainingModule):
                 batch_size=len(batch["key"]),
             )
         else:
-            store = self._embeddings[name]
-            store["image"].append(image)
-            store["text"].append(self.model.encode_text(batch["text"], normalize=True).float())
-            store["tokens"].append(batch["text"])
+            text = self.model.encode_text(batch["text"], normalize=True)
+            self.retrieval_metrics[name].update(image, text, batch["text"])
         return {"features": image}
 
     def _log_retrieval(self, split: str) -> None:
-        """Recall over each whole set: all ranks' embeddings gathered, not per-rank averages."""
-        embed_dim = self.feature_dim
-        context = self.trainer.datamodule.context_length
-        for name, store in self._embeddings.items():
-            image = self._gather_rows(store["image"], (embed_dim,), torch.float32)
-            if len(image) == 0:
+        """Recall over each whole set (the metric gathers every rank's pairs first)."""
+        for name in self.trainer.datamodule.eval_names(split):
+            if name not in self.retrieval_metrics:
                 continue
-            text = self._gather_rows(store["text"], (embed_dim,), torch.float32)
-            tokens = self._gather_rows(store["tokens"], (context,), torch.long)
-            for metric, value in retrieval_recall(image, text, tokens).items():
+            for metric, value in self.retrieval_metrics[name].compute().items():
                 # identical on every rank; the sync only keeps Lightning's bookkeeping uniform
                 self.log(self.evaluation_tag(split, name, metric), value, sync_dist=True)
-        self._embeddings = {}
-
-    def _gather_rows(
-        self, parts: list[torch.Tensor], row_shape: tuple[int, ...], dtype: torch.dtype
-    ) -> torch.Tensor:
-        """Every rank's rows in rank order; ranks may hold different counts (or none)."""
-        rows = torch.cat(parts) if parts else torch.empty(0, *row_shape, dtype=dtype)
-        rows = rows.to(self.device)
-        if self.trainer.world_size == 1:
-            return rows
-        counts = self.all_gather(torch.tensor(len(rows), device=self.device)).view(-1)
-        padded = rows.new_zeros(int(counts.max()), *row_shape)
-        padded[: len(rows)] = rows
-        gathered = self.all_gather(padded)
-        return torch.cat([part[:n] for part, n in zip(gathered, counts.tolist(), strict=True)])
+            self.retrieval_metrics[name].reset()
 
     def export(self, directory: Path) -> dict[str, Any]:
         """open_clip's hub layout: ``open_clip_config.json`` (``model_cfg``, and as

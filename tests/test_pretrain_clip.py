@@ -26,8 +26,8 @@ from lightning_modules.pretrain_clip import (
     ContrastivePretraining,
     create_open_clip_model,
     make_clip_loss,
-    retrieval_recall,
 )
+from lightning_modules.retrieval import RetrievalRecall, retrieval_recall
 from tests.conftest import REPO, run_train, scalars
 
 QUICKSTART = "quickstart/pretrain_clip.yaml"
@@ -235,6 +235,35 @@ def test_validation_metrics_under_two_ranks_equal_one_rank(builtin_root, tmp_pat
     assert set(expected) <= set(metrics[1]), sorted(metrics[1])
     for tag in expected:
         assert metrics[2][tag] == pytest.approx(metrics[1][tag], abs=1e-6), tag
+
+
+def retrieval_pairs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    image = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=1)
+    text = torch.nn.functional.normalize(image + torch.randn(6, 8, generator=generator), dim=1)
+    return image, text, torch.randint(1, 50, (6, 4), generator=generator)
+
+
+def retrieval_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    metric = RetrievalRecall(embed_dim=8, context_length=4)
+    if rank == 0:  # rank 1 sees no pair at all
+        image, text, tokens = retrieval_pairs()
+        metric.update(image[:4], text[:4], tokens[:4])
+        metric.update(image[4:], text[4:], tokens[4:])
+    torch.save(metric.compute(), Path(out_dir) / f"recall{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_retrieval_metric_gathers_every_rank_even_one_without_pairs(tmp_path):
+    torch.multiprocessing.spawn(retrieval_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    expected = retrieval_recall(*retrieval_pairs())
+    for rank in range(2):
+        recall = torch.load(tmp_path / f"recall{rank}.pt", weights_only=True)
+        assert recall == pytest.approx(expected), rank
 
 
 # --- pieces ----------------------------------------------------------------------------------
