@@ -54,9 +54,14 @@ from datamodules.embeddings import EmbeddingDataModule
 from datamodules.errors import ConfigError
 from datamodules.pipeline import DataQualityError
 from lightning_modules.base import NoisyTrainingModule
+from scripts.config_files import COMPOSE_KEY, composition, find_config
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_FLAGS = ("--config", "-c")
+COMPOSE_HELP = (
+    "Config files merged, in order, before the file that lists them: a base per stage, then "
+    "method and task fragments (e.g. [base/adapt.yaml, method/nmtune.yaml, "
+    "task/imagenet_ood.yaml]). Each is looked up beside that file, then under configs/."
+)
 # Parse errors raise instead of printing the usage text, and option names are never guessed
 # from a prefix (argparse would take --trainer.max_epoch=7 as --trainer.max_epochs).
 STRICT_PARSING = {"exit_on_error": False, "allow_abbrev": False}
@@ -71,21 +76,23 @@ RANK_EXIT_WAIT_S = 10.0  # how long the launching process lets the other ranks e
 
 
 def resolve_config_paths(argv: list[str]) -> list[str]:
-    """Replace ``--config NAME`` by ``configs/NAME`` when NAME is not a path but is there."""
-    resolved = list(argv)
-    for index, arg in enumerate(resolved):
+    """Replace ``--config NAME`` by ``configs/NAME`` when NAME is not a path but is there, and
+    put the fragments that a file composes before it, each as its own ``--config``."""
+    resolved: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
         flag, eq, value = arg.partition("=")
         if eq and flag in CONFIG_FLAGS:
-            resolved[index] = f"{flag}={_find_config(value)}"
-        elif arg in CONFIG_FLAGS and index + 1 < len(resolved):
-            resolved[index + 1] = _find_config(resolved[index + 1])
+            resolved += [f"{flag}={path}" for path in composition(find_config(value))]
+        elif arg in CONFIG_FLAGS and index + 1 < len(argv):
+            index += 1
+            for path in composition(find_config(argv[index])):
+                resolved += [arg, path]
+        else:
+            resolved.append(arg)
+        index += 1
     return resolved
-
-
-def _find_config(value: str) -> str:
-    if Path(value).exists() or not (CONFIG_DIR / value).is_file():
-        return value
-    return str(CONFIG_DIR / value)
 
 
 def config_values(argv: list[str]) -> list[str]:
@@ -123,6 +130,21 @@ def check_config_file(value: str) -> None:
             f"--config {value} holds a YAML {type(content).__name__}, not a mapping of options "
             "(trainer:, model:, data:)"
         )
+
+
+def refuse_linked_targets(argv: list[str]) -> None:
+    """``model.num_classes`` follows ``data.num_classes``; jsonargparse would silently replace
+    a value given for it, so one given on the command line or in a config file stops the run."""
+    fix = "it follows data.init_args.num_classes: set that one instead"
+    for arg in argv:
+        if arg.split("=", 1)[0] in ("--model.init_args.num_classes", "--model.num_classes"):
+            raise ConfigError(f"{arg.split('=', 1)[0]}: {fix}")
+    for value in config_values(argv):
+        content = yaml.safe_load(Path(value).read_text()) if Path(value).is_file() else None
+        model = content.get("model") if isinstance(content, dict) else None
+        init_args = model.get("init_args") if isinstance(model, dict) else None
+        if isinstance(init_args, dict) and "num_classes" in init_args:
+            raise ConfigError(f"--config {value}: model.init_args.num_classes: {fix}")
 
 
 def explain(message: str, options: Iterable[str] = (), prefix: str = "--") -> str:
@@ -487,6 +509,13 @@ class SuiteCLI(LightningCLI):
         parser.add_lightning_class_args(SampleThroughput, "throughput")
         parser.add_lightning_class_args(HparamsSummary, "hparams_summary")
         parser.add_argument(
+            f"--{COMPOSE_KEY}", type=list[str] | None, default=None, help=COMPOSE_HELP
+        )
+        # one number of classes: the data's, passed on to the model (a CLIP pair has none)
+        parser.link_arguments(
+            "data.init_args.num_classes", "model.init_args.num_classes", apply_on="parse"
+        )
+        parser.add_argument(
             "--allow_unsafe_checkpoint_loading", type=bool, default=False, help=UNSAFE_LOADING_HELP
         )
 
@@ -496,6 +525,7 @@ class SuiteCLI(LightningCLI):
         argv = [str(arg) for arg in args or []]
         for value in config_values(argv):
             check_config_file(value)
+        refuse_linked_targets(argv)
         try:
             self.config = parser.parse_args(argv)
         except ArgumentError as err:
@@ -688,13 +718,13 @@ def quiet_library_chatter() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = resolve_config_paths(sys.argv[1:] if argv is None else argv)
     quiet_library_chatter()
     parser_kwargs: dict[str, Any] = {
         **STRICT_PARSING,
         **{name: dict(STRICT_PARSING) for name in LightningCLI.subcommands()},
     }
     with exit_on_user_mistake(), rank_errors() as errors, HeldLogs().holding() as held:
+        args = resolve_config_paths(sys.argv[1:] if argv is None else argv)
         try:
             SuiteCLI(
                 NoisyTrainingModule,

@@ -100,10 +100,12 @@ from typing import Any
 
 import yaml
 
+from datamodules.errors import ConfigError
+from scripts import config_files
 from scripts.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
+CONFIG_DIR = config_files.CONFIG_DIR
 RESULT, FAILED, LOG = "result.json", "failed.json", "log.txt"
 KINDS = ("id", "ood")
 DEFAULT_EXCLUDE = ("val", "clean")
@@ -200,10 +202,10 @@ class Progress:
 # --- the sweep config -----------------------------------------------------------------------
 def find_config(value: str, where: str) -> Path:
     """A train.py config as train.py finds it: an existing path, else a name under configs/."""
-    for path in (Path(value), CONFIG_DIR / value):
-        if path.is_file():
-            return path.resolve()
-    raise SweepError(f"{where}: {value!r} is neither a file nor a config under {CONFIG_DIR}")
+    path = Path(config_files.find_config(value))
+    if not path.is_file():
+        raise SweepError(f"{where}: {value!r} is neither a file nor a config under {CONFIG_DIR}")
+    return path.resolve()
 
 
 def string_list(value: Any, where: str) -> tuple[str, ...]:
@@ -225,7 +227,10 @@ def adaptation(entry: dict[str, Any], index: int) -> dict[str, Any]:
     if not isinstance(entry, dict) or "config" not in entry:
         raise SweepError(f"{where} must be a mapping with a `config`, got {entry!r}")
     path = find_config(entry["config"], f"{where}.config")
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = config_files.composed_config(str(path))
+    except ConfigError as err:
+        raise SweepError(f"{where}.config: {err}") from None
     name = entry.get("name", path.stem)
     suffix = path.stem.rpartition("_")[2]
     kind = entry.get("kind", suffix if suffix in KINDS else None)

@@ -127,7 +127,10 @@ def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_pat
             "--data.init_args.train_shards=/nowhere/train-{0000..0003}.tar",
             "4 of 4 shards not found",
         ),
-        ("--model.init_args.num_classes=7", "model.num_classes is 7 but data.num_classes is 10"),
+        (
+            "--model.init_args.num_classes=7",
+            "--model.init_args.num_classes: it follows data.init_args.num_classes",
+        ),
         ("--data.init_args.num_classes=7", "declares 10 classes"),
     ],
 )
