@@ -639,6 +639,7 @@ class SuiteCLI(LightningCLI):
                 stage,
                 self.trainer.num_devices * self.trainer.num_nodes,
                 streams_training=not getattr(self.model, "cache_features", False),
+                evaluates=stage != "fit" or self.trainer.limit_val_batches != 0,
             )
         self.held_logs.show()
 

@@ -177,20 +177,34 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
         return self._eval_loaders("test")
 
     def check_before_training(
-        self, stage: str, world_size: int, streams_training: bool = True
+        self, stage: str, world_size: int, streams_training: bool = True, evaluates: bool = True
     ) -> None:
         """Run ``setup(stage)`` as ``world_size`` ranks will, before any of them exists: a data
         mistake then stops the run before Lightning starts rank processes or a log folder.
         ``streams_training`` is false for a model that trains on cached features: its training
-        shards are then read once, like an evaluation set, and need not feed every reader."""
+        shards are then read once, like an evaluation set, and need not feed every reader.
+        ``evaluates`` is false when ``fit`` runs no validation (``limit_val_batches: 0``)."""
         self._planned_world_size = world_size
         try:
             self.setup(stage)
             if stage == "fit" and streams_training and not self.resample:
                 assert self.train_spec is not None
                 check_enough_shards(self.train_spec, world_size, self.num_workers)
+            if evaluates:
+                self._check_evaluation_shards("test" if stage == "test" else "val", world_size)
         finally:
             self._planned_world_size = None
+
+    def _check_evaluation_shards(self, split: str, world_size: int) -> None:
+        """Ranks split an evaluation set by shards, and Lightning stops a run in which one rank
+        has no batch of a set (a traceback, after start-up): say so first, in one line."""
+        for name, spec in self.eval_specs[split].items():
+            if len(spec.urls) < world_size:
+                raise ShardSpecError(
+                    f"evaluation set {name!r}: {len(spec.urls)} shard(s) cannot give each of "
+                    f"{world_size} ranks one ({spec.spec}); write it as at least {world_size} "
+                    "shards (scripts/write_shards.py --samples-per-shard) or run on fewer devices"
+                )
 
     # --- helpers ------------------------------------------------------------------------------
     def eval_names(self, split: str = "val") -> list[str]:

@@ -233,7 +233,7 @@ class ClassificationDataModule(ShardDataModule):
             )
 
     def check_before_training(
-        self, stage: str, world_size: int, streams_training: bool = True
+        self, stage: str, world_size: int, streams_training: bool = True, evaluates: bool = True
     ) -> None:
         if stage == "fit" and streams_training and not self.subset.everything:
             raise ConfigError(
@@ -247,7 +247,7 @@ class ClassificationDataModule(ShardDataModule):
                 "training pass never holds: use a frozen method (lp, mlp, nmtune) with "
                 "model.cache_features: true, or per-sample noise (noise_exact_count: false)"
             )
-        super().check_before_training(stage, world_size, streams_training)
+        super().check_before_training(stage, world_size, streams_training, evaluates)
 
     def check_shards(self, spec: ShardSpec) -> None:
         info = read_info(spec.urls)

@@ -148,9 +148,10 @@ class EmbeddingDataModule(EvaluationKinds, L.LightningDataModule):
         return noise_summary(self.noise, self.noise_exact_count)
 
     def check_before_training(
-        self, stage: str, world_size: int, streams_training: bool = True
+        self, stage: str, world_size: int, streams_training: bool = True, evaluates: bool = True
     ) -> None:
-        """Read and check every file before the run starts (``train.py`` calls this first)."""
+        """Read and check every file before the run starts (``train.py`` calls this first);
+        rows, not shards, are split across ranks, so the other arguments change nothing."""
         self.setup(stage)
 
     def setup(self, stage: str | None = None) -> None:

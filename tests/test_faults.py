@@ -157,6 +157,8 @@ CASES = {
     "read-only export folder": r"--export\.dirpath \S+: \S+ is not writable",
     "fewer shards than readers": r"data\.train_shards: 3 shards cannot feed 1 ranks x 4 workers "
     r"= 4 readers",
+    "evaluation set with fewer shards than ranks": r"evaluation set 'val': 1 shard\(s\) cannot "
+    r"give each of 2 ranks one",
     "broken _info.json": r"data\.train_shards: \S+_info\.json cannot be read as JSON",
     "missing noise_transitions file": r"data\.noise_transitions: label-noise transitions file "
     r"not found",
@@ -211,6 +213,9 @@ def outcomes(
             "shards",
             f"--data.init_args.train_shards={write_shards(tmp / 'three', 3)}",
             "--data.init_args.num_workers=4",
+        ),
+        "evaluation set with fewer shards than ranks": quick(
+            "eval_shards", "--trainer.devices=2", "--trainer.strategy=ddp"
         ),
         "broken _info.json": quick("info", f"--data.init_args.train_shards={broken}"),
         "embeddings config without its files": [
