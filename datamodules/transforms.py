@@ -6,11 +6,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision import transforms as T
 
+# open_clip's OPENAI_DATASET_MEAN/STD, written out: importing open_clip for two tuples costs
+# every run half a second (tests/test_lazy_imports.py checks they stay equal)
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 NORMALIZATIONS = {
     "imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
     "clip": (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import timm
 import torch
 from safetensors import safe_open
@@ -36,7 +35,6 @@ from torch import nn
 from callbacks.export import card_path, read_card
 from datamodules.errors import ConfigError
 from datamodules.transforms import NORMALIZATIONS
-from lightning_modules.pretrain_clip import require_open_clip_model
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +216,10 @@ def open_clip_backbone(
                 "model_config"
             )
         return _open_clip_backbone(_hub_style_open_clip(model_name), model_name, None, frozen)
+    import open_clip  # imported by runs on open_clip backbones only
+
+    from lightning_modules.pretrain_clip import require_open_clip_model
+
     require_open_clip_model(model_name, model_config, option="backbone.open_clip")
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     source = None if pretrained is None else str(pretrained)
@@ -257,6 +259,8 @@ def _hub_style_open_clip(model_name: str) -> nn.Module:
             f"{model_name!r} holds no weights: it needs open_clip_config.json and "
             "open_clip_model.safetensors, as a CLIP export"
         )
+    import open_clip
+
     try:
         return open_clip.create_model(model_name, pretrained_text=False)
     except Exception as err:  # missing folder or config, download and shape errors alike

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from peft import LoraConfig as PeftLoraConfig
-from peft import inject_adapter_in_model
 from torch import nn
 
 from datamodules.errors import ConfigError
@@ -49,6 +47,9 @@ def add_lora(backbone: nn.Module, config: LoraConfig) -> None:
             "defaults target transformer MLPs (a ViT), e.g. names like "
             f"{[n for n in names if n][:5]}"
         )
+    from peft import LoraConfig as PeftLoraConfig  # imported by LoRA runs only
+    from peft import inject_adapter_in_model
+
     peft_config = PeftLoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import open_clip
 import torch
 import torch.nn.functional as F
 
@@ -26,10 +25,7 @@ from lightning_modules.classifier import LinearClassifier
 
 # open_clip's prompt sets: the CLIP paper's 80 ImageNet prompts (the official NMTune README's
 # ``--template=openai_imagenet_template``) and its 7-prompt subset.
-TEMPLATE_SETS = {
-    "openai": tuple(template("{}") for template in open_clip.OPENAI_IMAGENET_TEMPLATES),
-    "simple": tuple(template("{}") for template in open_clip.SIMPLE_IMAGENET_TEMPLATES),
-}
+TEMPLATE_SETS = {"openai": "OPENAI_IMAGENET_TEMPLATES", "simple": "SIMPLE_IMAGENET_TEMPLATES"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,10 @@ class ZeroShotConfig:
                     f"model.zeroshot.templates {self.templates!r} is neither "
                     f"{' nor '.join(TEMPLATE_SETS)} nor a list of format strings"
                 )
-            return list(TEMPLATE_SETS[self.templates])
+            import open_clip  # imported by zero-shot heads only
+
+            prompts = getattr(open_clip, TEMPLATE_SETS[self.templates])
+            return [template("{}") for template in prompts]
         if not self.templates or not all("{}" in template for template in self.templates):
             raise ConfigError(
                 "model.zeroshot.templates must be format strings with {} for the class name, "
@@ -113,6 +112,8 @@ def zero_shot_classifier(
             "open_clip, or the card of a CLIP pre-training), not a timm one"
         )
     model = backbone.model.to(device)
+    import open_clip
+
     tokenizer = open_clip.get_tokenizer(backbone.tokenizer_name)
     text_head = open_clip.build_zero_shot_classifier(
         model, tokenizer, list(class_names), list(templates), device=device

@@ -19,7 +19,7 @@ from datamodules.transforms import TransformConfig
 from lightning_modules.adapt import Adaptation
 from lightning_modules.backbones import BackboneConfig, from_card
 from lightning_modules.pretrain_clip import ContrastivePretraining
-from lightning_modules.zeroshot import TEMPLATE_SETS, ZeroShotConfig, zero_shot_classifier
+from lightning_modules.zeroshot import ZeroShotConfig, zero_shot_classifier
 from tests.conftest import quiet_trainer, run_train
 
 # open_clip's BPE vocabulary, so real prompts tokenise; everything else tiny
@@ -45,7 +45,7 @@ def test_the_head_is_the_official_zero_shot_classifier_computed_directly(clip_ca
     exp(logit_scale); the image features are normalised before it (wise-ft's
     ``get_zeroshot_classifier`` and ``ClassificationHead(normalize=True)``)."""
     backbone = from_card(clip_card)
-    templates = list(TEMPLATE_SETS["simple"])
+    templates = ZeroShotConfig("simple").prompt_templates()
     head = zero_shot_classifier(backbone, CLASSES, templates, torch.device("cpu"))
 
     model = open_clip.create_model(f"local-dir:{clip_card.parent}")
@@ -150,7 +150,7 @@ def test_fine_tuning_can_start_from_the_zero_shot_head(
     assert names is not None and len(names) == 10
     backbone = from_card(clip_card)
     expected = zero_shot_classifier(
-        backbone, names, list(TEMPLATE_SETS["simple"]), torch.device("cpu")
+        backbone, names, ZeroShotConfig("simple").prompt_templates(), torch.device("cpu")
     )
     assert torch.allclose(start["weight"], expected.weight, atol=1e-6)
     assert not torch.allclose(module.classifier.weight, start["weight"])  # it trained
