@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import lightning as L
@@ -61,6 +62,18 @@ def spectrum_plot(
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
+def _draw(
+    board: TensorBoardLogger,
+    tag: str,
+    curves: list[tuple[str, torch.Tensor]],
+    title: str,
+    annotation: str,
+    step: int,
+) -> None:
+    image = spectrum_plot(curves, title, annotation)
+    board.experiment.add_image(tag, image, step, dataformats="HWC")
+
+
 class SpectrumMonitor(L.Callback):
     """Feature spectrum of each evaluation dataloader, exact whatever the number of ranks.
 
@@ -76,7 +89,8 @@ class SpectrumMonitor(L.Callback):
     also the spectrum plot (image ``spectrum/<set>/plot``: this epoch's spectrum against the
     first one analysed, with the SVE and LSVR written on it, at the step of the scalars) and, if
     asked, a histogram of log10 singular values. Which preprocessing produced them is
-    :attr:`protocol_info`, which the run's export card records.
+    :attr:`protocol_info`, which the run's export card records. The plot is drawn on a
+    background thread, off the evaluation loop; ``teardown`` waits for the last one.
 
     Args:
         dataloaders: Names of the evaluation sets to analyse (default: all).
@@ -112,6 +126,8 @@ class SpectrumMonitor(L.Callback):
         self.log_histogram = log_histogram
         self.accumulators: dict[str, GramAccumulator] = {}
         self.first_spectra: dict[str, tuple[int, torch.Tensor]] = {}  # set -> (epoch, sigma)
+        self._painter: ThreadPoolExecutor | None = None  # one thread: one figure at a time
+        self._pending: list[Future] = []
 
     @property
     def protocol_info(self) -> dict[str, str | bool]:
@@ -197,15 +213,27 @@ class SpectrumMonitor(L.Callback):
         annotation = f"SVE {metrics['sve']:.3f}\nLSVR {metrics['lsvr']:.3f}"
         for board in boards:
             if self.log_plots:
-                image = spectrum_plot(curves, f"{name}, step {step}", annotation)
-                tag = spectrum_tag(name, "plot")
-                board.experiment.add_image(tag, image, step, dataformats="HWC")
+                if self._painter is None:
+                    self._painter = ThreadPoolExecutor(1, thread_name_prefix="spectrum-plot")
+                title = f"{name}, step {step}"
+                args = (board, spectrum_tag(name, "plot"), curves, title, annotation, step)
+                self._pending.append(self._painter.submit(_draw, *args))
             if self.log_histogram:
                 positive = singular_values[singular_values > 0]
                 tag = spectrum_tag(name, "log10_sigma")
                 board.experiment.add_histogram(tag, positive.log10(), step)
 
+    def wait_for_plots(self) -> None:
+        """Block until every plot asked for so far is in the TensorBoard log; a drawing error
+        is raised here."""
+        pending, self._pending = self._pending, []
+        for job in pending:
+            job.result()
+
     # --- Lightning hooks ------------------------------------------------------------------
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.wait_for_plots()  # before Lightning closes the loggers
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start(trainer, pl_module, "val")
 

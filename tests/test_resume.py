@@ -378,3 +378,47 @@ def test_sigterm_finishes_the_step_in_flight_then_exits_with_status_143(runs, un
     assert global_step(steps) == KILL_AT_STEP + 1  # nothing trained is lost
     assert not (run.save_dir / "export" / "card.json").exists()
     assert "`Trainer.fit` stopped" not in run.stderr
+
+
+def processes_running(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker`` (forked loader workers keep their
+    parent's command line)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace")
+            state = (cmdline.parent / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if marker in text and state != "Z":
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_sigkill_takes_the_loader_workers_with_it(builtin_root, tmp_path):
+    """Linux kills each loader worker with its parent (``die_with_parent``): nothing keeps
+    reading shards after a SIGKILL (PyTorch's own watchdog took up to ~10 s)."""
+    records = tmp_path / "orphans.jsonl"
+    process = start(
+        train_command(
+            builtin_root,
+            tmp_path,
+            records,
+            "--trainer.callbacks.delay_from_step=1",
+            "--trainer.callbacks.delay_s=600",
+            "--data.init_args.num_workers=2",
+        ),
+        tmp_path / "orphans",
+    )
+    deadline = time.monotonic() + 300
+    while paused_at(records.with_suffix(".paused")) is None and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert len(processes_running(str(records))) >= 3  # the run and its two workers
+    process.kill()
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 2.0
+    while processes_running(str(records)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_running(str(records)) == []
