@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import os
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 
@@ -37,7 +38,9 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
             Debian's ``dataset-fashion-mnist`` path or ``$FASHION_MNIST_DIR``).
         batch_size: Samples per batch on each rank.
         eval_batch_size: Batch size for validation and test (default: ``batch_size``).
-        num_workers: Data-loader worker processes per rank.
+        num_workers: Data-loader worker processes per rank, or ``auto``: the CPUs this process
+            may use, shared by the ranks of the node, less one for the rank itself; none when
+            that leaves fewer than two, and no more than the training shards can feed.
         transform: Image transform options (timm ``create_transform``).
         seed: Seed of the noise and of the shard and sample shuffles (independent of the model
             seed, so the same noisy dataset can train differently seeded models).
@@ -70,7 +73,7 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
         builtin_source: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int | Literal["auto"] = "auto",
         transform: TransformConfig = TransformConfig(),
         seed: int = 0,
         shuffle_buffer: int = 1000,
@@ -84,7 +87,12 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
     ) -> None:
         super().__init__()
         _require(batch_size >= 1, "batch_size", batch_size, "a positive integer")
-        _require(num_workers >= 0, "num_workers", num_workers, "0 or more")
+        _require(
+            num_workers == "auto" or (isinstance(num_workers, int) and num_workers >= 0),
+            "num_workers",
+            num_workers,
+            "0 or more, or auto",
+        )
         _require(0 <= max_skip_fraction < 1, "max_skip_fraction", max_skip_fraction, "in [0, 1)")
         _require(shuffle_buffer >= 1, "shuffle_buffer", shuffle_buffer, "a positive integer")
         _require(
@@ -108,6 +116,7 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.loader_workers = 0 if num_workers == "auto" else num_workers  # resolved in setup
         self.transform = transform
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
@@ -159,13 +168,19 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
         self.eval_specs["val"], self.tests_in_validation = validation_sets(
             self._parse_named(val, "val_shards"), self.eval_specs["test"], self.test_in_validation
         )
+        if self.num_workers == "auto":
+            _, world = self._rank_world()
+            node_ranks = world if self.trainer is None else self.trainer.num_devices
+            streamed = self.train_spec is not None and not self.resample
+            shards = len(self.train_spec.urls) if streamed else None  # type: ignore[union-attr]
+            self.loader_workers = auto_workers(usable_cpus(), node_ranks, world, shards)
 
     def train_dataloader(self) -> EpochLoader:
         assert self.train_spec is not None, "setup('fit') must run first"
         stream = self._stream(self.train_spec, training=True)
         return EpochLoader(
             stream,
-            self.num_workers,
+            self.loader_workers,
             epoch_source=self._current_epoch,
             trained_source=self._trained_in_epoch,
         )
@@ -189,7 +204,7 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
             self.setup(stage)
             if stage == "fit" and streams_training and not self.resample:
                 assert self.train_spec is not None
-                check_enough_shards(self.train_spec, world_size, self.num_workers)
+                check_enough_shards(self.train_spec, world_size, self.loader_workers)
             if evaluates:
                 self._check_evaluation_shards("test" if stage == "test" else "val", world_size)
         finally:
@@ -284,7 +299,7 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
 
     def _eval_loaders(self, split: str) -> list[EpochLoader]:
         return [
-            EpochLoader(self._stream(spec, training=False), self.num_workers)
+            EpochLoader(self._stream(spec, training=False), self.loader_workers)
             for spec in self.eval_specs[split].values()
         ]
 
@@ -304,6 +319,26 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
         if self.trainer is None:
             return 0
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def auto_workers(cpus: int, node_ranks: int, world_size: int, train_shards: int | None) -> int:
+    """``data.num_workers: auto``: the node's CPUs shared by its ranks, less one for the rank's
+    own process; 0 when that leaves fewer than two, where the main process reads faster than it
+    feeds one worker (the FS quickstart on 2 cores: 1,045 img/s with 0 workers, 974 with 1, 940
+    with 2); never more than the training shards can feed (each reader needs a shard)."""
+    workers = cpus // max(1, node_ranks) - 1
+    if workers < 2:
+        return 0
+    if train_shards is not None:
+        workers = min(workers, train_shards // world_size)
+    return max(workers, 0)
 
 
 def _require(ok: bool, option: str, value: Any, expected: str) -> None:

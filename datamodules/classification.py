@@ -162,7 +162,7 @@ class ClassificationDataModule(ShardDataModule):
                 world_size=world,
                 max_skip_fraction=self.max_skip_fraction,
             )
-            return EpochLoader(stream, self.num_workers)
+            return EpochLoader(stream, self.loader_workers)
 
         identity = {
             "shards": spec.spec,

@@ -110,7 +110,7 @@ class ImageTextDataModule(ShardDataModule):
 
     def val_dataloader(self) -> list[EpochLoader]:
         return super().val_dataloader() + [
-            EpochLoader(self._zeroshot_stream(name, spec), self.num_workers)
+            EpochLoader(self._zeroshot_stream(name, spec), self.loader_workers)
             for name, spec in self.zeroshot_specs.items()
         ]
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from datamodules import shards as shards_module
+from datamodules.base import auto_workers, usable_cpus
+from datamodules.classification import ClassificationDataModule
 from datamodules.formats import ClassificationFormat
 from datamodules.noise import SymmetricLabelNoise
 from datamodules.pipeline import SKIP_REASONS, DataQualityError, EpochLoader, ShardStream
@@ -265,3 +267,29 @@ def test_keyed_draws_restore_the_main_process_generators_and_match_without_resto
     with keyed_randomness(0, "key", "augment/0", restore=False):
         unrestored = draws()
     assert unrestored == restored != before
+
+
+@pytest.mark.parametrize(
+    ("cpus", "node_ranks", "world_size", "train_shards", "workers"),
+    [
+        (2, 1, 1, None, 0),  # a laptop-size machine: the main process reads fastest
+        (3, 1, 1, None, 2),
+        (16, 1, 1, None, 15),
+        (16, 2, 2, 8, 4),  # no more readers than shards
+        (128, 8, 16, 1024, 15),  # 2 nodes of 8 GPUs and 128 CPUs
+        (4, 4, 4, 64, 0),  # one CPU per rank
+    ],
+)
+def test_auto_workers_follow_the_cpus_the_ranks_and_the_shards(
+    cpus, node_ranks, world_size, train_shards, workers
+):
+    assert auto_workers(cpus, node_ranks, world_size, train_shards) == workers
+
+
+def test_a_data_module_resolves_auto_workers_at_setup(make_shards):
+    data = ClassificationDataModule(
+        num_classes=10, train_shards=make_shards([10, 10, 10]), batch_size=4, num_workers="auto"
+    )
+    data.setup("fit")
+    assert data.loader_workers == auto_workers(usable_cpus(), 1, 1, 3)
+    assert data.train_dataloader().num_workers == data.loader_workers

@@ -86,6 +86,7 @@ def train_command(builtin_root: Path, save_dir: Path, records: Path, *extra: str
         "--trainer.limit_val_batches=1",
         "--trainer.num_sanity_val_steps=0",
         "--trainer.enable_model_summary=false",
+        "--data.init_args.num_workers=2",  # the keyed augmentation must not depend on workers
         "--trainer.callbacks+=tests.resume_recorder.BatchRecorder",
         f"--trainer.callbacks.path={records}",
         *extra,
