@@ -6,13 +6,14 @@ import os
 from typing import Any, ClassVar, Literal
 
 import lightning as L
+import torch
 
 from datamodules.builtin import BuiltinDataError, builtin_dataset, prepare_builtin
 from datamodules.errors import ConfigError
 from datamodules.evaluation import EvaluationKinds, validation_sets
 from datamodules.pipeline import EpochLoader, SampleFormat, ShardStream, check_enough_shards
 from datamodules.shards import ShardSpec, ShardSpecError, parse_shards
-from datamodules.transforms import TransformConfig
+from datamodules.transforms import TransformConfig, normalize_uint8
 
 Shards = str | dict[str, str] | None
 
@@ -134,8 +135,9 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
         self._planned_world_size: int | None = None
 
     # --- subclass interface -------------------------------------------------------------------
-    def sample_format(self, training: bool) -> SampleFormat:
-        """The format that turns raw samples into training (noisy) or evaluation samples."""
+    def sample_format(self, training: bool, uint8: bool = False) -> SampleFormat:
+        """The format that turns raw samples into training (noisy) or evaluation samples;
+        ``uint8``: images left unnormalised (see ``TransformConfig.normalize_on_device``)."""
         raise NotImplementedError
 
     def noise_summary(self) -> dict[str, Any]:
@@ -175,9 +177,17 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
             shards = len(self.train_spec.urls) if streamed else None  # type: ignore[union-attr]
             self.loader_workers = auto_workers(usable_cpus(), node_ranks, world, shards)
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise uint8 training images on the device they were moved to, batch-wise."""
+        images = batch.get("image") if isinstance(batch, dict) else None
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            batch["image"] = normalize_uint8(images, *self.transform.mean_std())
+        return batch
+
     def train_dataloader(self) -> EpochLoader:
         assert self.train_spec is not None, "setup('fit') must run first"
-        stream = self._stream(self.train_spec, training=True)
+        uint8 = self.transform.normalize_on_device  # the trainer's stream only: it normalises
+        stream = self._stream(self.train_spec, training=True, uint8=uint8)
         return EpochLoader(
             stream,
             self.loader_workers,
@@ -281,11 +291,11 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
         named = {option.removesuffix("_shards"): shards} if isinstance(shards, str) else shards
         return {name: self._parse(spec, f"{option}.{name}") for name, spec in named.items()}
 
-    def _stream(self, spec: ShardSpec, training: bool) -> ShardStream:
+    def _stream(self, spec: ShardSpec, training: bool, uint8: bool = False) -> ShardStream:
         rank, world = self._rank_world()
         return ShardStream(
             spec,
-            self.sample_format(training),
+            self.sample_format(training, uint8=uint8),
             self.batch_size if training else self.eval_batch_size,
             training=training,
             batches_per_rank=self.batches_per_rank() if training else None,

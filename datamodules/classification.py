@@ -94,11 +94,13 @@ class ClassificationDataModule(ShardDataModule):
         )
         self.noise_exact_count = noise_exact_count
 
-    def sample_format(self, training: bool, noisy: bool | None = None) -> ClassificationFormat:
+    def sample_format(
+        self, training: bool, uint8: bool = False, noisy: bool | None = None
+    ) -> ClassificationFormat:
         """Augmented and noisy for training; ``noisy=False`` gives clean labels (caching)."""
         return ClassificationFormat(
             self.num_classes,
-            self.transform.build(training),
+            self.transform.build(training, uint8),
             label_noise=self.noise if (training if noisy is None else noisy) else None,
             label_key=self.label_key,
         )

@@ -65,9 +65,9 @@ class ImageTextDataModule(ShardDataModule):
         self.zeroshot_specs: dict[str, ShardSpec] = {}
         self.zeroshot_classes: dict[str, list[str]] = {}
 
-    def sample_format(self, training: bool) -> ImageTextFormat:
+    def sample_format(self, training: bool, uint8: bool = False) -> ImageTextFormat:
         return ImageTextFormat(
-            self.transform.build(training),
+            self.transform.build(training, uint8),
             self.tokenizer(),
             caption_noise=self.noise if training else None,
             text_key=self.text_key,

@@ -33,6 +33,10 @@ class TransformConfig:
         auto_augment: timm auto-augment policy for training, ``rand-m9-mstd0.5``; None disables.
         crop_pct: Evaluation centre-crop fraction (1.0 keeps the whole image, best for tiny images).
         interpolation: Resize interpolation.
+        normalize_on_device: Training batches leave the loader as uint8 images (timm's crop,
+            flip and colour steps still run in the loader workers, per sample); the conversion to
+            float and the normalisation run on the whole batch on the training device. A quarter
+            of the bytes cross from the workers, and the per-sample float work leaves them.
     """
 
     image_size: int = 224
@@ -43,14 +47,13 @@ class TransformConfig:
     auto_augment: str | None = None
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
+    normalize_on_device: bool = False
 
-    def build(self, training: bool) -> Callable[[Image.Image], torch.Tensor]:
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"unknown normalization {self.normalization!r}; use one of {sorted(NORMALIZATIONS)}"
-            )
-        mean, std = NORMALIZATIONS[self.normalization]
-        return create_transform(  # a Compose whose first step is the random crop when training
+    def build(self, training: bool, uint8: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+        """timm's transform; with ``uint8``, without its last two steps (to float, normalise),
+        which :func:`normalize_uint8` then applies to whole batches."""
+        mean, std = self.mean_std()
+        transform = create_transform(  # a Compose whose first step is the random crop in training
             self.image_size,
             is_training=training,
             scale=_pair(self.scale),
@@ -62,6 +65,30 @@ class TransformConfig:
             mean=mean,
             std=std,
         )
+        if not uint8:
+            return transform
+        *steps, to_float, normalize = transform.transforms
+        assert isinstance(normalize, T.Normalize) and "ToTensor" in type(to_float).__name__
+        return T.Compose([*steps, T.PILToTensor()])
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"unknown normalization {self.normalization!r}; use one of {sorted(NORMALIZATIONS)}"
+            )
+        mean, std = NORMALIZATIONS[self.normalization]
+        return tuple(mean), tuple(std)
+
+
+def normalize_uint8(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """``(images / 255 - mean) / std`` per channel (channels at dim -3), in float32: what
+    torchvision's ``ToTensor`` then ``Normalize`` do to each image, for a whole batch at once."""
+    shape = (len(mean), 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(shape)
+    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(shape)
+    return images.float().div_(255).sub_(mean_t).div_(std_t)
 
 
 def _pair(values: Sequence[float]) -> tuple[float, float]:
@@ -113,8 +140,8 @@ class TwoViewTransformConfig(TransformConfig):
     def of(cls, config: TransformConfig, strong_randaugment: bool) -> TwoViewTransformConfig:
         return cls(**{**asdict(config), "strong_randaugment": strong_randaugment})
 
-    def build(self, training: bool) -> Callable[[Image.Image], torch.Tensor]:
+    def build(self, training: bool, uint8: bool = False) -> Callable[[Image.Image], torch.Tensor]:
         if not training:
-            return super().build(False)
-        weak = super().build(True)
+            return super().build(False, uint8)
+        weak = super().build(True, uint8)
         return TwoViews(weak, with_randaugment(weak) if self.strong_randaugment else weak)

@@ -1,0 +1,77 @@
+"""``transform.normalize_on_device``: the loader hands uint8 training images, the DataModule
+normalises the whole batch after Lightning moved it to the device. The images, hence the run,
+are the same as with timm's per-sample transform, to the bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import train
+from datamodules.classification import ClassificationDataModule
+from datamodules.keyed_random import keyed_randomness
+from datamodules.transforms import TransformConfig, TwoViewTransformConfig, normalize_uint8
+from tests.test_cli_pretrain_fs import quick_args
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TransformConfig(image_size=24, scale=(0.3, 1.0), color_jitter=0.4),
+        TransformConfig(image_size=16, normalization="clip", auto_augment="rand-m9-mstd0.5"),
+        TwoViewTransformConfig(image_size=16, strong_randaugment=True),
+    ],
+)
+def test_uint8_images_normalised_as_a_batch_equal_timms_transform(config):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36, 3), np.uint8))
+    light = config.build(True, uint8=True)
+    for key in ("a", "b", "c"):
+        with keyed_randomness(0, key, "train"):
+            expected = config.build(True)(image)
+        with keyed_randomness(0, key, "train"):
+            images = light(image)
+        assert images.dtype == torch.uint8
+        got = normalize_uint8(images[None], *config.mean_std())[0]
+        assert torch.equal(got, expected), key
+
+
+def test_the_training_loader_alone_gives_uint8_and_evaluation_is_unchanged(builtin_root):
+    data = ClassificationDataModule(
+        builtin="fashion_mnist",
+        builtin_root=str(builtin_root),
+        num_classes=10,
+        batch_size=8,
+        epoch_samples=16,
+        num_workers=0,
+        transform=TransformConfig(image_size=16, crop_pct=1.0, normalize_on_device=True),
+    )
+    data.prepare_data()
+    data.setup("fit")
+    train_batch = next(iter(data.train_dataloader()))
+    assert train_batch["image"].dtype == torch.uint8
+    assert next(iter(data.val_dataloader()[0]))["image"].dtype == torch.float32
+    moved = data.on_after_batch_transfer(dict(train_batch), 0)
+    assert moved["image"].dtype == torch.float32
+
+
+def test_a_run_with_normalisation_on_the_device_ends_with_the_same_weights(builtin_root, tmp_path):
+    weights = {}
+    for on_device in (False, True):
+        save_dir = tmp_path / str(on_device)
+        train.main(
+            [
+                *quick_args(builtin_root, save_dir),
+                "--data.init_args.epoch_samples=64",
+                "--trainer.max_epochs=1",
+                "--trainer.limit_val_batches=0",
+                "--data.init_args.num_workers=0",
+                f"--data.init_args.transform.normalize_on_device={str(on_device).lower()}",
+            ]
+        )
+        weights[on_device] = load_file(str(save_dir / "export" / "model.safetensors"))
+    assert weights[False].keys() == weights[True].keys()
+    for name, tensor in weights[False].items():
+        assert torch.equal(tensor, weights[True][name]), name
