@@ -10,7 +10,7 @@ Run from the repository root::
 
     python -m benchmarks.run_all                              # all of them, default sizes
     python -m benchmarks.run_all --only data_throughput spectrum_cost
-    python -m benchmarks.run_all --args adaptation_speed="--epochs 5 --repeats 1"
+    python -m benchmarks.run_all --args adaptation_speed="--epochs 5 --skip regularizer"
 
 Writes ``benchmarks/results/all.json`` (``--out``) and the per-benchmark files beside it.
 """
@@ -78,7 +78,7 @@ def parse_extra(pairs: list[str]) -> dict[str, list[str]]:
     return extra
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
     parser.add_argument(
@@ -86,19 +86,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=[],
         metavar='NAME="ARGS"',
-        help='extra arguments for one benchmark, e.g. spectrum_cost="--repeats 1"',
+        help='extra arguments for one benchmark, e.g. spectrum_cost="--repeats 7"',
     )
     parser.add_argument("--out", default=str(RESULTS_DIR / f"{NAME}.json"))
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     extra = parse_extra(args.args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = args.only or list(BENCHMARKS)
-    results = {name: run_one(name, extra.get(name, []), out.parent) for name in names}
+    results = {
+        name: run_one(name, extra.get(name, []), out.parent) for name in args.only or BENCHMARKS
+    }
     path = write_results(NAME, {"machine": machine_info(), "benchmarks": results}, out)
     print()
     for name, entry in results.items():

@@ -259,7 +259,8 @@ class Adaptation(NoisyTrainingModule):
         if self.two_views:  # before any extraction
             self._two_view_data(datamodule)
         if self.backbone is not None and self.cache_features and stage != "predict":
-            FeatureCache(self.cache_dir).attach(
+            progress = self.trainer.progress_bar_callback is not None  # quiet where bars are off
+            FeatureCache(self.cache_dir, progress).attach(
                 datamodule,
                 self.backbone,
                 stage,

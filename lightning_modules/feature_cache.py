@@ -52,11 +52,13 @@ def extract(
     device: torch.device,
     desc: str,
     total: int | None = None,
+    progress: bool = True,
 ) -> FeatureRows:
     """Run ``backbone`` over image batches (eval mode, no grad); keep float32 features on CPU."""
     backbone.eval()
     features, keys, labels = [], [], []
-    for batch in tqdm(batches, desc=desc, total=total, unit="batch", leave=False):
+    bar = tqdm(batches, desc=desc, total=total, unit="batch", leave=False, disable=not progress)
+    for batch in bar:
         features.append(backbone(batch["image"].to(device)).float().cpu())
         keys += batch["key"]
         labels.append(batch["clean_label"])
@@ -98,10 +100,12 @@ class FeatureCache:
 
     Args:
         directory: The cache root; one folder per (backbone, set, view) key.
+        progress: A progress bar per set extracted (off where a log would fill with them).
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, progress: bool = True) -> None:
         self.directory = Path(directory)
+        self.progress = progress
 
     def attach(
         self,
@@ -134,6 +138,14 @@ class FeatureCache:
         train_views = [load_all_parts(folder, world) for folder in train_folders]
         datamodule.serve_features(train_views, evaluation, two_views)
 
-    @staticmethod
-    def _extract(source: ImageSource, backbone: nn.Module, device: torch.device) -> FeatureRows:
-        return extract(source.batches(), backbone, device, source.description, source.total_batches)
+    def _extract(
+        self, source: ImageSource, backbone: nn.Module, device: torch.device
+    ) -> FeatureRows:
+        return extract(
+            source.batches(),
+            backbone,
+            device,
+            source.description,
+            source.total_batches,
+            self.progress,
+        )

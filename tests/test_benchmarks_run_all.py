@@ -27,7 +27,7 @@ def test_runs_each_benchmark_and_records_failures(builtin_root: Path, tmp_path: 
     """A benchmark that works lands with its ratios; one that fails is recorded with its log,
     does not stop the others, and makes the exit status 1."""
     out = tmp_path / "results" / "all.json"
-    tiny = f"--root {builtin_root} --batches 2 --batch-size 16 --repeats 1 --num-workers 0"
+    tiny = f"--root {builtin_root} --batches 2 --batch-size 16 --repeats 5 --num-workers 0"
     done = run_all(
         "--only", "data_throughput", "spectrum_cost",
         "--args", f"data_throughput={tiny}", "spectrum_cost=--no-such-option",
@@ -41,6 +41,9 @@ def test_runs_each_benchmark_and_records_failures(builtin_root: Path, tmp_path: 
     assert ok["status"] == "ok" and ok["returncode"] == 0
     assert {"noise_cost", "pipeline_over_decode"} <= set(ok["ratios"])
     assert ok["result"]["benchmark"] == "data_throughput"
+    # every candidate's 5 interleaved repeats; every ratio of medians with its per-round range
+    assert {len(c["values"]) for c in ok["result"]["candidates"].values()} == {5}
+    assert set(ok["result"]["ratio_spread"]) == set(ok["ratios"])
     assert (out.parent / "data_throughput.json").is_file()
     assert failed["status"] == "failed" and failed["returncode"] != 0
     assert "--no-such-option" in failed["log_tail"]
