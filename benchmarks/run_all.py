@@ -35,6 +35,7 @@ BENCHMARKS = (
     "pretrain_throughput",
     "adaptation_speed",
     "augmentation_seeding",
+    "loader_per_core",
 )
 LOG_TAIL_CHARS = 4000
 
