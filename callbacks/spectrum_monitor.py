@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,10 +23,12 @@ def spectrum_plot(
     singular values), the last one drawn solid and the others dashed, with ``annotation``
     (the metric values) in a corner; an HWC uint8 image sized and lettered for a TensorBoard
     image card."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from PIL import Image
 
     figure = Figure(figsize=(4.8, 3.6), dpi=100)
+    # fixed margins: tight_layout would draw the figure twice to measure its labels
+    figure.subplots_adjust(left=0.17, right=0.97, bottom=0.14, top=0.91)
     axis = figure.subplots()
     for index, (label, singular_values) in enumerate(curves):
         values = singular_values.cpu().double()
@@ -56,10 +57,9 @@ def spectrum_plot(
         bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
     )
     axis.legend(loc="lower left", fontsize=10, frameon=False)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return np.asarray(Image.open(buffer).convert("RGB"))
+    canvas = FigureCanvasAgg(figure)  # the pixels themselves: no PNG encoded and decoded
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _draw(

@@ -1,0 +1,108 @@
+"""Start-up: how long ``train.py`` takes to its first training step and to print ``--help``,
+against a plain PyTorch loop and the bare imports, each a fresh Python process.
+
+Interleaved, on the built-in Fashion-MNIST shards (the FS quickstart's model, batch and 32-px
+transform):
+
+* ``train_first_step``: ``train.py fit --config quickstart/pretrain_fs.yaml`` stopped after one
+  step (no validation, checkpoint, export or progress bar): the wall time of the process;
+* ``plain_first_step``: the same step in a plain loop: timm's model, webdataset reading the same
+  shards, timm's transform, AdamW, one step;
+* ``train_help``: ``train.py --help``;
+* ``import_lightning``: ``import lightning`` alone, the floor under any LightningCLI start.
+
+Targets (issue: fast start): the first step within 1.5 s of the plain loop, ``--help`` under 3 s.
+
+    python -m benchmarks.startup                  # 5 repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+from datamodules.builtin import prepare_fashion_mnist
+
+NAME = "startup"
+REPO = Path(__file__).resolve().parents[1]
+FIRST_STEP_GAP_S = 1.5
+HELP_S = 3.0
+PLAIN_LOOP = """
+import sys, torch, timm, webdataset as wds
+from timm.data import create_transform
+transform = create_transform(32, is_training=True, scale=(0.6, 1.0), color_jitter=0.0)
+model = timm.create_model("resnet18", num_classes=10, layers=[1, 1, 1, 1])
+optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+data = (wds.WebDataset(sys.argv[1], shardshuffle=False).decode("pil")
+        .to_tuple("png", "cls").map_tuple(transform, int).batched(128))
+images, labels = next(iter(data))
+loss = torch.nn.functional.cross_entropy(model(images), torch.as_tensor(labels))
+loss.backward()
+optimizer.step()
+"""
+
+
+def process(*command: str) -> None:
+    """Run ``command`` from the repository root; stop the benchmark if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed:\n{result.stderr[-2000:]}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    specs = prepare_fashion_mnist(args.root)["classification"]
+    out = Path(args.root) / "startup_runs"
+    train = [sys.executable, str(REPO / "train.py")]
+    candidates = {
+        "train_first_step": lambda: process(
+            *train,
+            "fit",
+            "--config=quickstart/pretrain_fs.yaml",
+            f"--data.init_args.builtin_root={args.root}",
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=0",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.callbacks=[]",
+            f"--trainer.logger.init_args.save_dir={out}",
+            "--export.enabled=false",
+        ),
+        "plain_first_step": lambda: process(sys.executable, "-c", PLAIN_LOOP, specs["train"]),
+        "train_help": lambda: process(*train, "--help"),
+        "import_lightning": lambda: process(sys.executable, "-c", "import lightning"),
+    }
+    times = common.interleaved(candidates, args.repeats, warmup=1)
+    gap = times["train_first_step"].median - times["plain_first_step"].median
+    return {
+        "config": vars(args),
+        "candidates": times,
+        "ratios": {
+            "first_step_gap_s": gap,
+            "train_over_plain": common.ratio(times["train_first_step"], times["plain_first_step"]),
+            "help_s": times["train_help"].median,
+            "import_lightning_s": times["import_lightning"].median,
+        },
+        "target": {
+            "first_step_gap_below_s": FIRST_STEP_GAP_S,
+            "met_first_step": gap < FIRST_STEP_GAP_S,
+            "help_below_s": HELP_S,
+            "met_help": times["train_help"].median < HELP_S,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = common.arguments(__doc__)
+    parser.add_argument("--root", default="data", help="folder of the built-in shards")
+    common.publish(NAME, parser.parse_args(argv), run)
+
+
+if __name__ == "__main__":
+    main()
