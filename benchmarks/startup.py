@@ -56,7 +56,7 @@ def process(*command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    specs = prepare_fashion_mnist(args.root)["classification"]
+    urls = prepare_fashion_mnist(args.root)["classification"]["train"].split("|")[0]  # no |N
     out = Path(args.root) / "startup_runs"
     train = [sys.executable, str(REPO / "train.py")]
     candidates = {
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"--trainer.logger.init_args.save_dir={out}",
             "--export.enabled=false",
         ),
-        "plain_first_step": lambda: process(sys.executable, "-c", PLAIN_LOOP, specs["train"]),
+        "plain_first_step": lambda: process(sys.executable, "-c", PLAIN_LOOP, urls),
         "train_help": lambda: process(*train, "--help"),
         "import_lightning": lambda: process(sys.executable, "-c", "import lightning"),
     }
