@@ -69,6 +69,9 @@ def write_card(
             "train_shards": getattr(datamodule.train_spec, "spec", None),
             "seed": datamodule.seed,
             "noise": datamodule.noise_summary(),
+            # which samples share a batch depends on the readers (ranks x workers): give this
+            # number as data.num_workers to retrace the run on another machine
+            "loader_workers": getattr(datamodule, "loader_workers", None),
         }
         if (subset := getattr(datamodule, "subset_info", None)) is not None:
             card["data"]["subset"] = subset

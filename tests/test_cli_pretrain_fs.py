@@ -13,6 +13,7 @@ import yaml
 
 import train
 from callbacks.spectrum_monitor import SpectrumMonitor
+from datamodules.base import auto_workers, usable_cpus
 from lightning_modules.pretrain_fs import SupervisedPretraining
 from tests.conftest import REPO, run_train, scalars
 
@@ -79,6 +80,7 @@ def test_quickstart_trains_logs_to_tensorboard_and_exports(builtin_root, tmp_pat
 
     card = json.loads((tmp_path / "export" / "card.json").read_text())
     assert card["data"]["noise"] == {"type": "symmetric", "ratio": 0.2, "expected_rate": 0.2}
+    assert card["data"]["loader_workers"] == auto_workers(usable_cpus(), 1, 1, 5)  # auto
     assert card["backbone"]["library"] == "timm" and "val/val/acc" in card["metrics"]
 
     # the run ends with its results, its folders and the TensorBoard command; no chatter
