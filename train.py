@@ -109,7 +109,8 @@ def config_values(argv: list[str]) -> list[str]:
 
 def check_config_file(value: str) -> None:
     """An empty, non-mapping or broken YAML file, named with its problem (jsonargparse says
-    ``Unexpected config:`` and neither); a missing file is left to jsonargparse, which names it."""
+    ``Unexpected config:`` and neither), or one that sets the linked ``model.num_classes``; a
+    missing file is left to jsonargparse, which names it."""
     path = Path(value)
     if not path.is_file():
         return
@@ -130,21 +131,22 @@ def check_config_file(value: str) -> None:
             f"--config {value} holds a YAML {type(content).__name__}, not a mapping of options "
             "(trainer:, model:, data:)"
         )
+    model = content.get("model")
+    init_args = model.get("init_args") if isinstance(model, dict) else None
+    if isinstance(init_args, dict) and "num_classes" in init_args:
+        raise ConfigError(f"--config {value}: model.init_args.num_classes: {LINKED_TARGET_FIX}")
+
+
+LINKED_TARGET_FIX = "it follows data.init_args.num_classes: set that one instead"
 
 
 def refuse_linked_targets(argv: list[str]) -> None:
     """``model.num_classes`` follows ``data.num_classes``; jsonargparse would silently replace
-    a value given for it, so one given on the command line or in a config file stops the run."""
-    fix = "it follows data.init_args.num_classes: set that one instead"
+    a value given for it on the command line, so that stops the run (``check_config_file``
+    refuses one in a config file)."""
     for arg in argv:
         if arg.split("=", 1)[0] in ("--model.init_args.num_classes", "--model.num_classes"):
-            raise ConfigError(f"{arg.split('=', 1)[0]}: {fix}")
-    for value in config_values(argv):
-        content = yaml.safe_load(Path(value).read_text()) if Path(value).is_file() else None
-        model = content.get("model") if isinstance(content, dict) else None
-        init_args = model.get("init_args") if isinstance(model, dict) else None
-        if isinstance(init_args, dict) and "num_classes" in init_args:
-            raise ConfigError(f"--config {value}: model.init_args.num_classes: {fix}")
+            raise ConfigError(f"{arg.split('=', 1)[0]}: {LINKED_TARGET_FIX}")
 
 
 def explain(message: str, options: Iterable[str] = (), prefix: str = "--") -> str:
@@ -720,28 +722,35 @@ def quiet_library_chatter() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     quiet_library_chatter()
+    with exit_on_user_mistake(), rank_errors() as errors, HeldLogs().holding() as held:
+        args = resolve_config_paths(sys.argv[1:] if argv is None else argv)
+        try:
+            build_cli(args, errors, held)
+        except SIGTERMException:  # Lightning ends the step in flight and exits 0; say so
+            print("stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
+
+
+def build_cli(args: list[str], errors: RankErrors, held: HeldLogs, **kwargs: Any) -> SuiteCLI:
+    """The suite's CLI on resolved ``args`` (``kwargs``: e.g. ``run=False`` to only build the
+    trainer, model and data)."""
     parser_kwargs: dict[str, Any] = {
         **STRICT_PARSING,
         **{name: dict(STRICT_PARSING) for name in LightningCLI.subcommands()},
     }
-    with exit_on_user_mistake(), rank_errors() as errors, HeldLogs().holding() as held:
-        args = resolve_config_paths(sys.argv[1:] if argv is None else argv)
-        try:
-            SuiteCLI(
-                NoisyTrainingModule,
-                LightningDataModule,  # shards (ShardDataModule) or embeddings files
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                save_config_callback=ConfigText,
-                save_config_kwargs={"overwrite": True},
-                parser_kwargs=parser_kwargs,
-                args=args,
-                rank_errors=errors,
-                held_logs=held,
-            )
-        except SIGTERMException:  # Lightning ends the step in flight and exits 0; say so
-            print("stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
-            sys.exit(128 + signal.SIGTERM)
+    return SuiteCLI(
+        NoisyTrainingModule,
+        LightningDataModule,  # shards (ShardDataModule) or embeddings files
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=ConfigText,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs=parser_kwargs,
+        args=args,
+        rank_errors=errors,
+        held_logs=held,
+        **kwargs,
+    )
 
 
 def find_last_checkpoint(trainer: Trainer) -> Path:

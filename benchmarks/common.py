@@ -29,6 +29,7 @@ import lightning as L
 import torch
 from jsonargparse import ArgumentParser
 
+from datamodules.base import usable_cpus
 from scripts.config_files import composed_config, deep_merge
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -254,10 +255,9 @@ def arguments(doc: str | None, threads: bool = False, **defaults: Any) -> argpar
 
 def machine_info() -> dict[str, Any]:
     """What the numbers depend on: CPUs, torch threads, Python, torch and the platform."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "cpu_count": os.cpu_count(),
-        "usable_cpus": usable,
+        "usable_cpus": usable_cpus(),
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": sys.version.split()[0],

@@ -233,6 +233,9 @@ class SpectrumMonitor(L.Callback):
     # --- Lightning hooks ------------------------------------------------------------------
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.wait_for_plots()  # before Lightning closes the loggers
+        if self._painter is not None:
+            self._painter.shutdown()
+            self._painter = None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start(trainer, pl_module, "val")

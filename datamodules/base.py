@@ -348,7 +348,7 @@ def auto_workers(cpus: int, node_ranks: int, world_size: int, train_shards: int 
         return 0
     if train_shards is not None:
         workers = min(workers, train_shards // world_size)
-    return max(workers, 0)
+    return workers
 
 
 def _require(ok: bool, option: str, value: Any, expected: str) -> None:

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lightning import LightningDataModule
 
 import train
-from lightning_modules.base import NoisyTrainingModule
 from scripts.config_files import CONFIG_DIR, composed_config, composition
 
 FRAGMENT_FOLDERS = {"base", "method", "task"}
@@ -102,16 +100,7 @@ def test_the_model_takes_its_number_of_classes_from_the_data(tmp_path):
         ]
     )
     with train.rank_errors() as errors, train.HeldLogs().holding() as held:
-        cli = train.SuiteCLI(
-            NoisyTrainingModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=args,
-            run=False,
-            rank_errors=errors,
-            held_logs=held,
-        )
+        cli = train.build_cli(args, errors, held, run=False)
     assert cli.datamodule.num_classes == cli.model.num_classes == 7
     assert cli.model.model.get_classifier().out_features == 7
 
