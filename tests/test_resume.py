@@ -409,6 +409,8 @@ def test_sigkill_takes_the_loader_workers_with_it(builtin_root, tmp_path):
             "--trainer.callbacks.delay_from_step=1",
             "--trainer.callbacks.delay_s=600",
             "--data.init_args.num_workers=2",
+            # 32 batches: neither worker can finish its share (and exit) before the pause
+            "--data.init_args.epoch_samples=256",
         ),
         tmp_path / "orphans",
     )
