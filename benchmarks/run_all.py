@@ -36,6 +36,7 @@ BENCHMARKS = (
     "adaptation_speed",
     "augmentation_seeding",
     "loader_per_core",
+    "tar_headers",
 )
 LOG_TAIL_CHARS = 4000
 

@@ -33,7 +33,7 @@ import numpy as np
 from datamodules import builtin_suites as suites
 from datamodules.errors import ConfigError
 from datamodules.noise import keyed_uniform
-from datamodules.writer import range_spec, write_split
+from datamodules.writer import WRITER_VERSION, range_spec, write_split
 
 FASHION_MNIST_ENV = "FASHION_MNIST_DIR"
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -197,10 +197,8 @@ def prepare_builtin(
     for layout in dataset.layouts:
         target = builtin_dir(root, layout, name)
         info_path = target / "_info.json"
-        if not (
-            info_path.is_file()
-            and json.loads(info_path.read_text()).get("version") == dataset.version
-        ):
+        written = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        if (written.get("version"), written.get("writer")) != (dataset.version, WRITER_VERSION):
             _write(dataset, name, layout, target, source, samples_per_shard)
         specs[layout] = builtin_specs(target)
     return specs
@@ -219,6 +217,7 @@ def _write(
     info = {
         "name": f"{name}_{layout}",
         "version": dataset.version,
+        "writer": WRITER_VERSION,
         "num_classes": dataset.num_classes,
         "class_names": list(dataset.class_names),
     }

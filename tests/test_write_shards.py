@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from datamodules.formats import ClassificationFormat, ImageTextFormat
 from datamodules.pipeline import ShardStream, SkipLedger, read_shard
 from datamodules.shards import parse_shards
 from datamodules.transforms import TransformConfig
+from datamodules.writer import write_split
 from scripts.write_shards import csv_samples, folder_samples, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -297,3 +299,17 @@ def test_a_subset_of_classes_keeps_the_full_label_space(image_folder, tmp_path, 
     (space / "dog").rmdir()
     result = run_cli("folder", root, tmp_path / "other", "--class-names-from", space)
     assert result.returncode != 0 and "class folders ['dog']" in result.stderr
+
+
+def test_shards_have_no_pax_headers_and_the_same_samples_give_the_same_bytes(tmp_path) -> None:
+    """A float mtime per file would put a PAX header before each one, doubling what a reader
+    parses (datamodules/writer.py)."""
+    samples = [{"__key__": f"s{i}", "png": bytes([i]) * 40, "cls": str(i % 3)} for i in range(6)]
+    for name in ("a", "b"):
+        write_split(iter(samples), tmp_path / name, "train", samples_per_shard=4)
+    for shard in ("train-0000.tar", "train-0001.tar"):
+        first = (tmp_path / "a" / shard).read_bytes()
+        assert first == (tmp_path / "b" / shard).read_bytes()
+        with tarfile.open(tmp_path / "a" / shard) as tar:
+            members = tar.getmembers()
+        assert [m.pax_headers for m in members] == [{}] * len(members)
