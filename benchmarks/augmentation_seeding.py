@@ -1,11 +1,12 @@
 """What seeding each training sample's augmentation by (seed, epoch, key) costs.
 
-The training stream runs timm's transform of every sample inside ``keyed_randomness`` (for
-bit-exact resumes): a loader worker only seeds the generators (``restore=False``), the main
-process (``num_workers: 0``) also saves and gives back their states. Interleaved, per sample: the
-quickstart's training transform of a 28x28 image alone (``transform``), inside
-``keyed_randomness(restore=False)`` (``worker``) and ``(restore=True)`` (``main_process``).
-Target: ``worker_overhead = worker / transform - 1`` below 5 %.
+The training stream seeds the generators for every sample before timm's transform (for
+bit-exact resumes, ``seed_for_sample``); the main process (``num_workers: 0``) also puts their
+states aside once per batch and gives them back at its collation (``SavedGenerators``).
+Interleaved, per sample: the quickstart's training transform of a 28x28 image alone
+(``transform``), after ``seed_for_sample`` (``worker``), and with the states put aside and given
+back once every ``--batch-size`` samples as well (``main_process``). Target:
+``worker_overhead = worker / transform - 1`` below 5 %.
 
     python -m benchmarks.augmentation_seeding
 """
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import common
-from datamodules.keyed_random import keyed_randomness
+from datamodules.keyed_random import SavedGenerators, seed_for_sample
 from datamodules.transforms import TransformConfig
 
 NAME = "augmentation_seeding"
@@ -33,17 +34,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     image = Image.fromarray(pixels).convert("RGB")
     keys = [f"fmnist-train-{index:05d}" for index in range(args.samples)]
 
-    def seeded(restore: bool) -> Callable[[str], object]:
-        def step(key: str) -> object:
-            with keyed_randomness(0, key, "augment/0", restore=restore):
-                return transform(image)
+    def worker(key: str) -> object:
+        seed_for_sample(0, key, "augment/0")
+        return transform(image)
 
-        return step
+    generators = SavedGenerators()
+    batch_position = {key: index % args.batch_size for index, key in enumerate(keys)}
+
+    def main_process(key: str) -> object:
+        generators.put_aside()
+        result = worker(key)
+        if batch_position[key] == args.batch_size - 1:  # the batch is collated
+            generators.give_back()
+        return result
 
     variants: dict[str, Callable[[str], object]] = {
         "transform": lambda key: transform(image),
-        "worker": seeded(False),
-        "main_process": seeded(True),
+        "worker": worker,
+        "main_process": main_process,
     }
     times = common.interleaved(
         {name: common.per_call(step, keys) for name, step in variants.items()},
@@ -54,8 +62,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         common.ratio(times[name], times["transform"]).map(lambda r: r - 1)
         for name in ("worker", "main_process")
     )
+    generators.give_back()
     return {
         "samples": args.samples,
+        "batch_size": args.batch_size,
         "repeats": args.repeats,
         "us_per_sample": {name: [1e6 * t for t in times[name].values] for name in times},
         "median_us": {name: 1e6 * t.median for name, t in times.items()},
@@ -70,8 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = common.arguments(__doc__)
-    parser.add_argument("--samples", type=int, default=2000, help="samples per repeat")
+    parser = common.arguments(__doc__, batch_size=128)
+    parser.add_argument("--samples", type=int, default=2048, help="samples per repeat")
     common.publish(NAME, parser.parse_args(argv), run)
 
 

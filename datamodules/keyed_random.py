@@ -7,6 +7,7 @@ import hashlib
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,35 +20,52 @@ def keyed_seed(seed: int, key: str, stream: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-@contextmanager
-def keyed_randomness(seed: int, key: str, stream: str, restore: bool = True) -> Iterator[None]:
-    """Run the block with Python's, NumPy's and torch's (CPU) global generators seeded by
-    :func:`keyed_seed`. timm's and torchvision's random transforms draw from those three, so
-    what they do to a sample depends on ``(seed, stream, key)`` alone, not on the samples a
-    worker transformed before it; a resumed run can then leave samples out without changing the
-    augmentation of the others.
-
-    ``restore`` gives the generators back their state after the block, as the main process
-    needs (its generators drive more than the data). A data-loader worker's generators serve
-    only its samples, so it skips that: saving and restoring NumPy's state alone costs about
-    70 us a sample, a quarter of a small image's whole transform.
-    """
+def seed_for_sample(seed: int, key: str, stream: str) -> None:
+    """Seed Python's, NumPy's and torch's (CPU) global generators by :func:`keyed_seed`. timm's
+    and torchvision's random transforms draw from those three, so what they do to a sample
+    then depends on ``(seed, stream, key)`` alone, not on the samples transformed before it; a
+    resumed run can leave samples out without changing the augmentation of the others."""
     value = keyed_seed(seed, key, stream)
-    if not restore:
-        _seed_all(value)
-        yield
-        return
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        _seed_all(value)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-
-
-def _seed_all(value: int) -> None:
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.default_generator.manual_seed(value)
+
+
+class SavedGenerators:
+    """The three global generators' states, put aside before keyed draws and given back after.
+
+    The main process needs them back (its generators drive more than the data), a loader
+    worker does not (its generators serve only its samples). Saving NumPy's state costs about
+    85 us, a third of a small image's transform, so the training stream puts them aside once
+    per batch, before its first sample, and gives them back when the batch is collated, before
+    the training step sees them.
+    """
+
+    def __init__(self) -> None:
+        self._states: tuple[Any, ...] | None = None
+
+    def put_aside(self) -> None:
+        if self._states is None:
+            self._states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+
+    def give_back(self) -> None:
+        if self._states is not None:
+            python_state, numpy_state, torch_state = self._states
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+            torch.set_rng_state(torch_state)
+            self._states = None
+
+
+@contextmanager
+def keyed_randomness(seed: int, key: str, stream: str, restore: bool = True) -> Iterator[None]:
+    """Run the block with the generators seeded for one sample (:func:`seed_for_sample`);
+    ``restore`` gives them back their state afterwards (:class:`SavedGenerators`)."""
+    saved = SavedGenerators()
+    if restore:
+        saved.put_aside()
+    seed_for_sample(seed, key, stream)
+    try:
+        yield
+    finally:
+        saved.give_back()

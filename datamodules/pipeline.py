@@ -46,7 +46,7 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from datamodules.formats import Sample, SkipSample, collate
-from datamodules.keyed_random import keyed_randomness
+from datamodules.keyed_random import SavedGenerators, seed_for_sample
 from datamodules.shards import ShardSpec, ShardSpecError, recorded_sample_count
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,7 @@ class ShardStream(IterableDataset):
         num_workers: int,
         ledger: SkipLedger,
         trained: TrainedBeforeResume | None = None,
+        generators: SavedGenerators | None = None,
     ) -> Iterator[Sample]:
         """Finished samples of one pass (evaluation), or of pass after pass (training), less
         the ``trained`` ones of a resumed epoch.
@@ -274,7 +275,7 @@ class ShardStream(IterableDataset):
                 initial = min(self.shuffle_buffer, 100)
                 samples = wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng)(samples)
             produced = -(trained.taken if trained else 0)
-            for sample in self.finished_samples(samples, ledger, trained):
+            for sample in self.finished_samples(samples, ledger, trained, generators):
                 produced += 1
                 yield sample
             produced += trained.taken if trained else 0
@@ -313,24 +314,27 @@ class ShardStream(IterableDataset):
         samples: Iterator[Sample],
         ledger: SkipLedger,
         trained: TrainedBeforeResume | None = None,
+        generators: SavedGenerators | None = None,
     ) -> Iterator[Sample]:
-        in_main_process = get_worker_info() is None
+        """Decoded and transformed samples; in training, each one's augmentation drawn from
+        (seed, epoch, key) alone, with ``generators`` (the main process's) put aside first."""
         for sample in samples:
             url = sample.pop("__url__")
             if trained is not None and trained.remaining > 0:
                 trained.take(sample)  # not decoded: cheap
                 continue
+            if self.training:
+                if generators is not None:
+                    generators.put_aside()
+                seed_for_sample(self.seed, sample["__key__"], f"augment/{self.epoch}")
             try:
-                if self.training:  # augmentation drawn from (seed, epoch, key) alone
-                    key, stream = sample["__key__"], f"augment/{self.epoch}"
-                    with keyed_randomness(self.seed, key, stream, restore=in_main_process):
-                        finished = self.format.finish(sample)
-                else:
-                    finished = self.format.finish(sample)
+                finished = self.format.finish(sample)
             except SkipSample as skip:
                 ledger.skip(url, skip.reason, f"{sample['__key__']}: {skip}")
                 continue
             yield finished
+        if generators is not None:
+            generators.give_back()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -343,12 +347,17 @@ class ShardStream(IterableDataset):
         # this worker's share of the batches trained before a resume
         done = self.resume_batches // num_workers + (worker < self.resume_batches % num_workers)
         trained = TrainedBeforeResume(done * self.batch_size) if self.training and done else None
-        samples = self.worker_samples(worker, num_workers, ledger, trained)
+        # the main process's generators, put aside while a batch's samples draw their
+        # augmentation and given back at its collation, before the training step sees them
+        generators = SavedGenerators() if self.training and info is None else None
+        samples = self.worker_samples(worker, num_workers, ledger, trained, generators)
 
         reported = False
 
         def collate_with_skips(batch: list[Sample]) -> dict[str, Any]:
             nonlocal reported
+            if generators is not None:
+                generators.give_back()
             collated = {**collate(batch), "skipped": ledger.delta()}
             if trained is not None and not reported:  # the worker's first batch after a resume
                 collated["trained_before_resume"] = trained.counts()

@@ -269,6 +269,27 @@ def test_keyed_draws_restore_the_main_process_generators_and_match_without_resto
     assert unrestored == restored != before
 
 
+def test_a_main_process_pass_leaves_the_training_generators_as_workers_would(make_shards):
+    """With no workers the samples draw from keyed seeds in the training process; their
+    generators are put aside once a batch and given back at collation, so the draws between
+    batches (a training step's dropout, say) are those of a run whose workers load the data."""
+    import random
+
+    import numpy as np
+
+    def draws_between_batches(workers: int) -> list[tuple[float, float, float]]:
+        random.seed(3)
+        np.random.seed(3)
+        torch.manual_seed(3)
+        stream = make_stream(make_shards([10, 7]), training=True, batches_per_rank=4)
+        draws = []
+        for _ in EpochLoader(stream, workers, epoch_source=lambda: 0):
+            draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+        return draws
+
+    assert draws_between_batches(0) == draws_between_batches(2)
+
+
 @pytest.mark.parametrize(
     ("cpus", "node_ranks", "world_size", "train_shards", "workers"),
     [
