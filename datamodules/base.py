@@ -13,7 +13,7 @@ from datamodules.errors import ConfigError
 from datamodules.evaluation import EvaluationKinds, validation_sets
 from datamodules.pipeline import EpochLoader, SampleFormat, ShardStream, check_enough_shards
 from datamodules.shards import ShardSpec, ShardSpecError, parse_shards
-from datamodules.transforms import TransformConfig, normalize_uint8
+from datamodules.transforms import TransformConfig
 
 Shards = str | dict[str, str] | None
 
@@ -178,15 +178,17 @@ class ShardDataModule(EvaluationKinds, L.LightningDataModule):
             self.loader_workers = auto_workers(usable_cpus(), node_ranks, world, shards)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Normalise uint8 training images on the device they were moved to, batch-wise."""
+        """Finish uint8 training images on the device they were moved to, batch-wise: the
+        crops' resize and flip (``augment_on_device``), then the normalisation."""
         images = batch.get("image") if isinstance(batch, dict) else None
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
-            batch["image"] = normalize_uint8(images, *self.transform.mean_std())
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            return batch
+        batch["image"] = self.transform.finish_batch(images, batch.pop("augment", None))
         return batch
 
     def train_dataloader(self) -> EpochLoader:
         assert self.train_spec is not None, "setup('fit') must run first"
-        uint8 = self.transform.normalize_on_device  # the trainer's stream only: it normalises
+        uint8 = self.transform.uint8_training_batches  # the trainer's stream only: it finishes
         stream = self._stream(self.train_spec, training=True, uint8=uint8)
         return EpochLoader(
             stream,

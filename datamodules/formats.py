@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from datamodules.device_augment import PendingAugmentation
 from datamodules.noise import AsymmetricLabelNoise, CaptionSwapNoise, SymmetricLabelNoise
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -49,6 +50,16 @@ def decode_image(data: bytes) -> Image.Image:
             return image.convert("RGB")
     except Exception as err:  # PIL raises many types for corrupt data
         raise SkipSample("decode_error", str(err)) from err
+
+
+def set_image(sample: Sample, transformed: torch.Tensor | PendingAugmentation) -> Sample:
+    """The transformed image, or a crop with the parameters that the device finishes
+    (``augment``: ``[h, w, flip]``, see :mod:`datamodules.device_augment`)."""
+    if isinstance(transformed, PendingAugmentation):
+        sample["image"], sample["augment"] = transformed
+    else:
+        sample["image"] = transformed
+    return sample
 
 
 class ClassificationFormat:
@@ -92,8 +103,7 @@ class ClassificationFormat:
         return iter(samples)
 
     def finish(self, sample: Sample) -> Sample:
-        sample["image"] = self.transform(decode_image(sample["image"]))
-        return sample
+        return set_image(sample, self.transform(decode_image(sample["image"])))
 
 
 class ImageTextFormat:
@@ -127,7 +137,7 @@ class ImageTextFormat:
         return self.caption_noise(samples)
 
     def finish(self, sample: Sample) -> Sample:
-        sample["image"] = self.transform(decode_image(sample["image"]))
+        set_image(sample, self.transform(decode_image(sample["image"])))
         sample["text"] = self.tokenizer([sample.pop("txt")])[0]
         sample.pop("clean_txt", None)
         return sample
@@ -140,9 +150,23 @@ def collate(samples: list[Sample]) -> dict[str, Any]:
         if name == "__key__":
             continue
         if isinstance(value, torch.Tensor):
-            batch[name] = torch.stack([s[name] for s in samples])
+            batch[name] = stack_padded([s[name] for s in samples])
         elif isinstance(value, bool):
             batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.bool)
         elif isinstance(value, int):
             batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.long)
     return batch
+
+
+def stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``; tensors whose last two sizes differ (the crops of
+    :mod:`datamodules.device_augment`) are zero-padded at the bottom and right to the largest."""
+    first = tensors[0]
+    if all(t.shape == first.shape for t in tensors):
+        return torch.stack(tensors)
+    height = max(t.shape[-2] for t in tensors)
+    width = max(t.shape[-1] for t in tensors)
+    out = first.new_zeros(len(tensors), *first.shape[:-2], height, width)
+    for i, t in enumerate(tensors):
+        out[i, ..., : t.shape[-2], : t.shape[-1]] = t
+    return out

@@ -162,6 +162,8 @@ CASES = {
     "broken _info.json": r"data\.train_shards: \S+_info\.json cannot be read as JSON",
     "missing noise_transitions file": r"data\.noise_transitions: label-noise transitions file "
     r"not found",
+    "augmentation with no batch-wise version": r"data\.transform\.augment_on_device: timm's "
+    r"ColorJitter step has no batch-wise version; set color_jitter: 0",
     "invalid strategy name": r"trainer: You selected an invalid strategy name: `strategy='ddpp'`",
     "checkpoint of another model": r"--ckpt_path \S+other\.ckpt was written for another model",
     "embeddings config without its files": r"data\.directory: \S+none holds no train\.pt; "
@@ -228,6 +230,11 @@ def outcomes(
             "transitions",
             "--data.init_args.label_noise=asymmetric",
             f"--data.init_args.noise_transitions={tmp / 'nowhere.json'}",
+        ),
+        "augmentation with no batch-wise version": quick(
+            "augment",
+            "--data.init_args.transform.color_jitter=0.4",
+            "--data.init_args.transform.augment_on_device=true",
         ),
         "invalid strategy name": quick("strategy", "--trainer.strategy=ddpp"),
         "checkpoint of another model": quick("other", f"--ckpt_path={other_checkpoint(tmp)}"),

@@ -1,6 +1,6 @@
-"""``transform.normalize_on_device``: the loader hands uint8 training images, the DataModule
-normalises the whole batch after Lightning moved it to the device. The images, hence the run,
-are the same as with timm's per-sample transform, to the bit."""
+"""``transform.normalize_on_device`` (and ``augment_on_device``): the loader hands uint8 training
+images, the DataModule finishes the whole batch after Lightning moved it to the device. The
+images, hence the run, are the same as with timm's per-sample transform, to the bit."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def test_uint8_images_normalised_as_a_batch_equal_timms_transform(config):
         assert torch.equal(got, expected), key
 
 
-def test_the_training_loader_alone_gives_uint8_and_evaluation_is_unchanged(builtin_root):
+@pytest.mark.parametrize("augment", [False, True])
+def test_the_training_loader_alone_gives_uint8_and_evaluation_is_unchanged(builtin_root, augment):
     data = ClassificationDataModule(
         builtin="fashion_mnist",
         builtin_root=str(builtin_root),
@@ -46,21 +47,35 @@ def test_the_training_loader_alone_gives_uint8_and_evaluation_is_unchanged(built
         batch_size=8,
         epoch_samples=16,
         num_workers=0,
-        transform=TransformConfig(image_size=16, crop_pct=1.0, normalize_on_device=True),
+        transform=TransformConfig(
+            image_size=16,
+            scale=(0.2, 1.0),
+            color_jitter=0.0,
+            normalize_on_device=True,
+            augment_on_device=augment,
+        ),
     )
     data.prepare_data()
     data.setup("fit")
     train_batch = next(iter(data.train_dataloader()))
     assert train_batch["image"].dtype == torch.uint8
+    assert ("augment" in train_batch) == augment  # [h, w, flip] of each crop
     assert next(iter(data.val_dataloader()[0]))["image"].dtype == torch.float32
     moved = data.on_after_batch_transfer(dict(train_batch), 0)
-    assert moved["image"].dtype == torch.float32
+    assert moved["image"].dtype == torch.float32 and moved["image"].shape == (8, 3, 16, 16)
+    assert "augment" not in moved
 
 
-def test_a_run_with_normalisation_on_the_device_ends_with_the_same_weights(builtin_root, tmp_path):
+def test_a_run_finished_on_the_device_ends_with_the_same_weights(builtin_root, tmp_path):
+    """Per-sample timm, uint8 normalised per batch, and crop/flip/normalise per batch
+    (``augment_on_device``, tests/test_device_augment.py): one run, three data paths."""
     weights = {}
-    for on_device in (False, True):
-        save_dir = tmp_path / str(on_device)
+    for mode, (normalize, augment) in {
+        "per_sample": (False, False),
+        "normalize": (True, False),
+        "augment": (True, True),
+    }.items():
+        save_dir = tmp_path / mode
         train.main(
             [
                 *quick_args(builtin_root, save_dir),
@@ -68,10 +83,12 @@ def test_a_run_with_normalisation_on_the_device_ends_with_the_same_weights(built
                 "--trainer.max_epochs=1",
                 "--trainer.limit_val_batches=0",
                 "--data.init_args.num_workers=0",
-                f"--data.init_args.transform.normalize_on_device={str(on_device).lower()}",
+                f"--data.init_args.transform.normalize_on_device={str(normalize).lower()}",
+                f"--data.init_args.transform.augment_on_device={str(augment).lower()}",
             ]
         )
-        weights[on_device] = load_file(str(save_dir / "export" / "model.safetensors"))
-    assert weights[False].keys() == weights[True].keys()
-    for name, tensor in weights[False].items():
-        assert torch.equal(tensor, weights[True][name]), name
+        weights[mode] = load_file(str(save_dir / "export" / "model.safetensors"))
+    for mode in ("normalize", "augment"):
+        assert weights[mode].keys() == weights["per_sample"].keys()
+        for name, tensor in weights["per_sample"].items():
+            assert torch.equal(tensor, weights[mode][name]), (mode, name)
