@@ -66,8 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = common.arguments(__doc__)
-    parser.add_argument("--samples", type=int, default=5000, help="samples in each shard")
+    parser = common.arguments(__doc__, samples=5000)  # samples in each shard
     common.publish(NAME, parser.parse_args(argv), run)
 
 
