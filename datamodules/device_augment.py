@@ -148,10 +148,10 @@ def _two_passes(
     return _fixed_point_round(ky @ _fixed_point_round(images @ kx_t))
 
 
-def device_crop_sampler(transform: T.Compose) -> tuple[CropSampler, int, str]:
-    """Split timm's training transform into the loader's :class:`CropSampler` and the batch's
-    output size and interpolation; a step this path cannot reproduce is a ``ValueError`` that
-    names it."""
+def device_crop_sampler(transform: T.Compose) -> CropSampler:
+    """The loader's part of timm's training transform, whose batch-wise rest is
+    :func:`resized_crops` to the transform's size with its filter; a step this path cannot
+    reproduce is a ``ValueError`` that names it."""
     crop, *rest = transform.transforms
     if not isinstance(crop, RandomResizedCropAndInterpolation):
         raise ValueError(f"the first step is {type(crop).__name__}, not timm's random crop")
@@ -170,7 +170,7 @@ def device_crop_sampler(transform: T.Compose) -> tuple[CropSampler, int, str]:
     height, width = crop.size
     if height != width:
         raise ValueError(f"a square output size is needed, got {crop.size}")
-    return CropSampler(crop, flip), height, interpolation
+    return CropSampler(crop, flip)
 
 
 def _is_identity(jitter: T.ColorJitter) -> bool:

@@ -83,7 +83,7 @@ class TransformConfig:
         if not uint8:
             return transform
         if training and self.augment_on_device:
-            return device_crop_sampler(transform)[0]
+            return device_crop_sampler(transform)
         *steps, to_float, normalize = transform.transforms
         assert isinstance(normalize, T.Normalize) and "ToTensor" in type(to_float).__name__
         return T.Compose([*steps, T.PILToTensor()])
