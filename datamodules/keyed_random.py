@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -55,17 +53,3 @@ class SavedGenerators:
             np.random.set_state(numpy_state)
             torch.set_rng_state(torch_state)
             self._states = None
-
-
-@contextmanager
-def keyed_randomness(seed: int, key: str, stream: str, restore: bool = True) -> Iterator[None]:
-    """Run the block with the generators seeded for one sample (:func:`seed_for_sample`);
-    ``restore`` gives them back their state afterwards (:class:`SavedGenerators`)."""
-    saved = SavedGenerators()
-    if restore:
-        saved.put_aside()
-    seed_for_sample(seed, key, stream)
-    try:
-        yield
-    finally:
-        saved.give_back()

@@ -7,7 +7,8 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules.builtin import FASHION_MNIST_DEFAULT_DIR, read_idx
+from datamodules.keyed_random import SavedGenerators, seed_for_sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,3 +131,17 @@ def quiet_trainer(**options: Any) -> L.Trainer:
         "enable_model_summary": False,
     }
     return L.Trainer(**{**defaults, **options})
+
+
+@contextmanager
+def keyed_draws(seed: int, key: str, stream: str, restore: bool = True) -> Iterator[None]:
+    """One sample's keyed draws, as the training stream makes them (``seed_for_sample``), with
+    the generators given back afterwards unless ``restore`` is false."""
+    saved = SavedGenerators()
+    if restore:
+        saved.put_aside()
+    seed_for_sample(seed, key, stream)
+    try:
+        yield
+    finally:
+        saved.give_back()

@@ -11,8 +11,8 @@ from PIL import Image
 from datamodules.device_augment import resized_crops
 from datamodules.errors import ConfigError
 from datamodules.formats import stack_padded
-from datamodules.keyed_random import keyed_randomness
 from datamodules.transforms import TransformConfig, TwoViewTransformConfig, normalize_uint8
+from tests.conftest import keyed_draws
 
 FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
@@ -56,9 +56,9 @@ def test_a_batch_augmented_on_the_device_equals_timms_per_sample_transform(confi
     for key in range(10):
         shape = (int(rng.integers(10, 80)), int(rng.integers(10, 80)), 3)
         image = Image.fromarray(rng.integers(0, 255, shape, np.uint8))
-        with keyed_randomness(0, str(key), "train"):
+        with keyed_draws(0, str(key), "train"):
             expected.append(config.build(True)(image))
-        with keyed_randomness(0, str(key), "train"):
+        with keyed_draws(0, str(key), "train"):
             crop, param = sampler(image)
         crops.append(crop)
         params.append(param)

@@ -18,7 +18,7 @@ from datamodules.noise import SymmetricLabelNoise
 from datamodules.pipeline import SKIP_REASONS, DataQualityError, EpochLoader, ShardStream
 from datamodules.shards import parse_shards
 from datamodules.transforms import TransformConfig
-from tests.conftest import classification_samples, png_bytes, write_tar
+from tests.conftest import classification_samples, keyed_draws, png_bytes, write_tar
 
 NOISE = SymmetricLabelNoise(0.3, 10, seed=4)
 
@@ -249,8 +249,6 @@ def test_keyed_draws_restore_the_main_process_generators_and_match_without_resto
 
     import numpy as np
 
-    from datamodules.keyed_random import keyed_randomness
-
     def draws() -> tuple[float, float, float]:
         return random.random(), float(np.random.rand()), float(torch.rand(1))
 
@@ -261,10 +259,10 @@ def test_keyed_draws_restore_the_main_process_generators_and_match_without_resto
     random.seed(1)
     np.random.seed(1)
     torch.manual_seed(1)
-    with keyed_randomness(0, "key", "augment/0"):
+    with keyed_draws(0, "key", "augment/0"):
         restored = draws()
     assert draws() == before  # as if the block had not run
-    with keyed_randomness(0, "key", "augment/0", restore=False):
+    with keyed_draws(0, "key", "augment/0", restore=False):
         unrestored = draws()
     assert unrestored == restored != before
 

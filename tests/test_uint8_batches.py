@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 import train
 from datamodules.classification import ClassificationDataModule
-from datamodules.keyed_random import keyed_randomness
 from datamodules.transforms import TransformConfig, TwoViewTransformConfig, normalize_uint8
+from tests.conftest import keyed_draws
 from tests.test_cli_pretrain_fs import quick_args
 
 
@@ -29,9 +29,9 @@ def test_uint8_images_normalised_as_a_batch_equal_timms_transform(config):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36, 3), np.uint8))
     light = config.build(True, uint8=True)
     for key in ("a", "b", "c"):
-        with keyed_randomness(0, key, "train"):
+        with keyed_draws(0, key, "train"):
             expected = config.build(True)(image)
-        with keyed_randomness(0, key, "train"):
+        with keyed_draws(0, key, "train"):
             images = light(image)
         assert images.dtype == torch.uint8
         got = normalize_uint8(images[None], *config.mean_std())[0]
