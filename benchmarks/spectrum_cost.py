@@ -2,16 +2,19 @@
 
 1. **Time**, as a fraction of a validation epoch of the FS quickstart's model (from
    ``configs/quickstart/pretrain_fs.yaml``, random weights, 512-d features) on the built-in
-   Fashion-MNIST val split (10,000 images; ``--val-samples`` caps it). Interleaved, after a
-   warm-up: ``trainer.validate`` ``without`` the callback, ``with`` it, ``with_plots`` (plots and a
-   TensorBoard logger), each epoch timed hook to hook (the eigendecomposition inside; the plots,
-   drawn off the loop and waited for at teardown, only in the call's time: ``*_wall``); and the
-   callback's own work without the loader's noise, ``direct`` (fastest of 3 passes of
-   ``GramAccumulator.update`` on the epoch's batches of random rows, then ``spectrum()``), also
-   on one thread (``direct_1thread``: torch's threaded small kernels can stall on a busy
-   machine). Target: ``t_with / t_without - 1`` and ``t_direct / t_without`` under 3 %; the
-   former is resolved only when both epochs' spreads are. The fastest-run ratios (least inflated
-   by other jobs, as ``timeit``) are kept too.
+   Fashion-MNIST val split (10,000 images; ``--val-samples`` caps it), with the quickstart's
+   loader (``num_workers: auto``). Interleaved, after a warm-up: ``trainer.validate``
+   ``without`` the callback, ``with`` it, ``with_plots`` (plots and a TensorBoard logger), each
+   epoch timed hook to hook (the eigendecomposition inside; the plots, drawn off the loop and
+   waited for at teardown, only in the call's time: ``*_wall``). **In the run**, the monitor
+   times itself: the wall time of its hooks on the loop's thread and the CPU time of its plots
+   on the painter thread, each over the epoch's time without the hooks, per round. Target: the
+   hooks' share with plots (``plots_fraction_in_run``) under 3 %, resolved when every round's
+   is. Also: the epochs with against without (``callback_fraction``, resolved only when both
+   epochs' spreads are under 3 %), and the callback's own work without the loader, ``direct``
+   (fastest of 3 passes of ``GramAccumulator.update`` on the epoch's batches of random rows,
+   then ``spectrum()``), also on one thread (``direct_1thread``). The fastest-run ratios (least
+   inflated by other jobs, as ``timeit``) are kept too.
 2. **Memory** for N = 10k and 100k rows at D = 2048, each N in a fresh ``spawn`` process: the
    accumulator's buffers and the growth of the peak RSS (``VmHWM`` reset by
    ``/proc/self/clear_refs``, else ``getrusage``); mem(100k)/mem(10k) should be about 1.0, against
@@ -33,6 +36,7 @@ import math
 import resource
 import statistics
 import tempfile
+import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -67,10 +71,48 @@ VARIANTS = {  # name -> description, in run order
 
 
 # --- 1. time -------------------------------------------------------------------------------------
+class TimedSpectrumMonitor(SpectrumMonitor):
+    """The monitor with a stopwatch: the wall time of its hooks' work on the loop's thread
+    (``hook_s``: start, every batch's update, the eigendecomposition and logging) and the CPU
+    time of its plots on the painter thread (``plot_cpu_s``, which on a small machine takes a
+    core from the loop), both inside the run whose epoch they are a share of."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.hook_s = self.plot_cpu_s = 0.0
+
+    def _timed(self, work: Any, *args: Any) -> None:
+        start = time.perf_counter()
+        try:
+            work(*args)
+        finally:
+            self.hook_s += time.perf_counter() - start
+
+    def _start(self, *args: Any) -> None:
+        self._timed(super()._start, *args)
+
+    def _collect(self, *args: Any) -> None:
+        self._timed(super()._collect, *args)
+
+    def _finish(self, *args: Any) -> None:
+        self._timed(super()._finish, *args)
+
+    def _draw(self, *args: Any) -> None:
+        start = time.thread_time()
+        try:
+            super()._draw(*args)
+        finally:
+            self.plot_cpu_s += time.thread_time() - start
+
+
 def validate_once(model: Any, data: Any, variant: str, limit: float, logs: str) -> dict[str, Any]:
-    """One ``trainer.validate`` in the given variant: its epoch's time and rows, the call's."""
+    """One ``trainer.validate`` in the given variant: its epoch's time and rows, the call's, and
+    the monitor's own time inside it (``hook_s``, ``plot_cpu_s``), each as a fraction of the
+    epoch's time without the hooks (``hook_fraction``, ``plot_cpu_fraction``)."""
     timer = common.LoopTimer()
-    monitor = [SpectrumMonitor(log_plots=variant == "with_plots")] if variant != "without" else []
+    monitor = (
+        [TimedSpectrumMonitor(log_plots=variant == "with_plots")] if variant != "without" else []
+    )
     logger = TensorBoardLogger(logs, name=NAME) if variant == "with_plots" else False
     trainer = common.timing_trainer(
         timer, callbacks=monitor, logger=logger, limit_val_batches=limit
@@ -78,7 +120,17 @@ def validate_once(model: Any, data: Any, variant: str, limit: float, logs: str) 
     _, wall = common.timed(lambda: trainer.validate(model, datamodule=data, verbose=False))
     if monitor and "spectrum/val/sve" not in trainer.callback_metrics:
         raise RuntimeError(f"variant {variant!r} logged no spectrum: the callback did not run")
-    return {"seconds": timer.val_epoch_s[-1], "wall_s": wall, "rows": timer.val_rows}
+    hook_s, plot_s = (monitor[0].hook_s, monitor[0].plot_cpu_s) if monitor else (0.0, 0.0)
+    epoch_s = timer.val_epoch_s[-1]
+    return {
+        "seconds": epoch_s,
+        "wall_s": wall,
+        "rows": timer.val_rows,
+        "hook_s": hook_s,
+        "plot_cpu_s": plot_s,
+        "hook_fraction": hook_s / (epoch_s - hook_s),
+        "plot_cpu_fraction": plot_s / (epoch_s - hook_s),
+    }
 
 
 def direct_pass(batches: list[torch.Tensor], threads: int | None) -> dict[str, float]:
@@ -145,6 +197,11 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
         return min(times[name].values) / min(without.values)
 
     direct = common.ratio(times["direct"], without)
+
+    def in_run(name: str, key: str = "hook_fraction") -> common.Ratio:  # measured in the run
+        shares = [run[key] for run in times[name].runs]
+        return common.Ratio(statistics.median(shares), shares)
+
     return {
         "time": {
             "variants": {
@@ -155,6 +212,10 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
                     "wall_s": walls[name].values,
                     "median_wall_s": walls[name].median,
                     "rows": sum(times[name].runs[0]["rows"]),
+                    **{
+                        key: [run[key] for run in times[name].runs]
+                        for key in ("hook_s", "plot_cpu_s", "hook_fraction", "plot_cpu_fraction")
+                    },
                 }
                 for name, description in VARIANTS.items()
             },
@@ -171,6 +232,9 @@ def measure_time(args: argparse.Namespace) -> dict[str, Any]:
         },
         "candidates": times,
         "ratios": {
+            "callback_fraction_in_run": in_run("with"),
+            "plots_fraction_in_run": in_run("with_plots"),
+            "plots_cpu_fraction_in_run": in_run("with_plots", "plot_cpu_fraction"),
             "callback_fraction": common.ratio(times["with"], without).map(lambda r: r - 1),
             "callback_fraction_direct": fastest("direct"),
             "callback_fraction_wall": common.ratio(walls["with"], walls["without"]).map(
@@ -340,6 +404,7 @@ def measure_error(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     timing, memory, error = measure_time(args), measure_memory(args), measure_error(args)
     spread = max(timing["candidates"][name].spread for name in ("without", "with"))
+    in_run = timing["ratios"]["plots_fraction_in_run"]
     fraction, direct = (
         timing["ratios"][k].value for k in ("callback_fraction", "callback_fraction_direct_median")
     )
@@ -362,10 +427,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "target": {
             "callback_fraction_below": TIME_FRACTION_TARGET,
-            "met": fraction < TIME_FRACTION_TARGET,
+            # the claim: the monitor's time on the loop, plots included, measured in the run
+            "met": in_run.value < TIME_FRACTION_TARGET,
+            "resolved": max(in_run.per_repeat) < TIME_FRACTION_TARGET,
             "met_direct": direct < TIME_FRACTION_TARGET,
-            # a difference of the target's size is resolved only when repeats agree that well
-            "resolved": spread < TIME_FRACTION_TARGET,
+            # epochs with against without: a difference of the target's size is resolved only
+            # when repeats agree that well
+            "met_end_to_end": fraction < TIME_FRACTION_TARGET,
+            "resolved_end_to_end": spread < TIME_FRACTION_TARGET,
             "epoch_spread": spread,
             "mem_ratio_at_most": MEMORY_RATIO_TARGET,
             "mem_met": memory["rss_ratio"] <= MEMORY_RATIO_TARGET and memory["buffer_ratio"] == 1.0,
@@ -376,7 +445,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: Mapping[str, Any]) -> None:
     """The split of the direct work, the memory per N and the errors per protocol."""
     timing, memory, error = results["time"], results["memory"], results["error"]
-    direct = timing["direct"]
+    direct, variants = timing["direct"], timing["variants"]
+    for name in ("with", "with_plots"):
+        shares = variants[name]
+        print(
+            f"in the run, {name}: hooks {statistics.median(shares['hook_s']):.3f} s on the loop"
+            f" ({100 * statistics.median(shares['hook_fraction']):.2f} % of the epoch), plots"
+            f" {statistics.median(shares['plot_cpu_s']):.3f} s CPU on the painter thread"
+            f" ({100 * statistics.median(shares['plot_cpu_fraction']):.2f} %)"
+        )
     for label, entry in (
         (f"{direct['threads']} threads", direct),
         ("1 thread", direct["one_thread"]),
@@ -407,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = common.arguments(
         __doc__,
         batch_size=256,
-        num_workers=2,
+        num_workers="auto",  # as the quickstart: 0 on 2 cores
         image_size=32,
         memory_dim=2048,
         memory_batch=1024,

@@ -45,7 +45,7 @@ def spectrum_plot(
     axis.set_xlabel("index i", fontsize=12)
     axis.set_ylabel("sigma_i / sum_j sigma_j", fontsize=12)
     axis.tick_params(labelsize=11)
-    axis.set_title(title, fontsize=12)
+    axis.set_title(title, fontsize=12, y=1.0)  # fixed: no search for room above the ticks
     axis.text(
         0.97,
         0.96,
@@ -60,18 +60,6 @@ def spectrum_plot(
     canvas = FigureCanvasAgg(figure)  # the pixels themselves: no PNG encoded and decoded
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def _draw(
-    board: TensorBoardLogger,
-    tag: str,
-    curves: list[tuple[str, torch.Tensor]],
-    title: str,
-    annotation: str,
-    step: int,
-) -> None:
-    image = spectrum_plot(curves, title, annotation)
-    board.experiment.add_image(tag, image, step, dataformats="HWC")
 
 
 class SpectrumMonitor(L.Callback):
@@ -217,11 +205,24 @@ class SpectrumMonitor(L.Callback):
                     self._painter = ThreadPoolExecutor(1, thread_name_prefix="spectrum-plot")
                 title = f"{name}, step {step}"
                 args = (board, spectrum_tag(name, "plot"), curves, title, annotation, step)
-                self._pending.append(self._painter.submit(_draw, *args))
+                self._pending.append(self._painter.submit(self._draw, *args))
             if self.log_histogram:
                 positive = singular_values[singular_values > 0]
                 tag = spectrum_tag(name, "log10_sigma")
                 board.experiment.add_histogram(tag, positive.log10(), step)
+
+    def _draw(
+        self,
+        board: TensorBoardLogger,
+        tag: str,
+        curves: list[tuple[str, torch.Tensor]],
+        title: str,
+        annotation: str,
+        step: int,
+    ) -> None:
+        """Draw one plot into ``board`` (on the painter thread)."""
+        image = spectrum_plot(curves, title, annotation)
+        board.experiment.add_image(tag, image, step, dataformats="HWC")
 
     def wait_for_plots(self) -> None:
         """Block until every plot asked for so far is in the TensorBoard log; a drawing error
