@@ -8,10 +8,14 @@ transform):
   step (no validation, checkpoint, export or progress bar): the wall time of the process;
 * ``plain_first_step``: the same step in a plain loop: timm's model, webdataset reading the same
   shards, timm's transform, AdamW, one step;
+* ``lightning_first_step``: that plain loop's step run by a bare ``L.Trainer`` (a four-line
+  LightningModule, no CLI, no suite): what Lightning itself adds, so that the suite's own share
+  (``train_first_step`` minus this) is seen apart from it;
 * ``train_help``: ``train.py --help``;
 * ``import_lightning``: ``import lightning`` alone, the floor under any LightningCLI start.
 
-Targets (issue: fast start): the first step within 1.5 s of the plain loop, ``--help`` under 3 s.
+Targets (issue: fast start): the first step within 1.5 s of the plain loop, ``--help`` under 3 s;
+also reported, the suite's own gap (against the bare Trainer) against the same 1.5 s.
 
     python -m benchmarks.startup                  # 5 repeats
 """
@@ -45,6 +49,26 @@ loss = torch.nn.functional.cross_entropy(model(images), torch.as_tensor(labels))
 loss.backward()
 optimizer.step()
 """
+LIGHTNING_LOOP = """
+import sys, torch, timm, lightning as L, webdataset as wds
+from timm.data import create_transform
+class Classifier(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.model = timm.create_model("resnet18", num_classes=10, layers=[1, 1, 1, 1])
+    def training_step(self, batch, index):
+        images, labels = batch
+        return torch.nn.functional.cross_entropy(self.model(images), torch.as_tensor(labels))
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=2e-3, weight_decay=0.05)
+transform = create_transform(32, is_training=True, scale=(0.6, 1.0), color_jitter=0.0)
+data = (wds.WebDataset(sys.argv[1], shardshuffle=False).decode("pil")
+        .to_tuple("png", "cls").map_tuple(transform, int).batched(128))
+trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0)
+trainer.fit(Classifier(), torch.utils.data.DataLoader(data, batch_size=None))
+"""
 
 
 def process(*command: str) -> None:
@@ -75,16 +99,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--export.enabled=false",
         ),
         "plain_first_step": lambda: process(sys.executable, "-c", PLAIN_LOOP, urls),
+        "lightning_first_step": lambda: process(sys.executable, "-c", LIGHTNING_LOOP, urls),
         "train_help": lambda: process(*train, "--help"),
         "import_lightning": lambda: process(sys.executable, "-c", "import lightning"),
     }
     times = common.interleaved(candidates, args.repeats, warmup=1)
     gap = times["train_first_step"].median - times["plain_first_step"].median
+    suite_gap = times["train_first_step"].median - times["lightning_first_step"].median
     return {
         "config": vars(args),
         "candidates": times,
         "ratios": {
             "first_step_gap_s": gap,
+            "suite_gap_s": suite_gap,
+            "lightning_gap_s": times["lightning_first_step"].median
+            - times["plain_first_step"].median,
             "train_over_plain": common.ratio(times["train_first_step"], times["plain_first_step"]),
             "help_s": times["train_help"].median,
             "import_lightning_s": times["import_lightning"].median,
@@ -92,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "target": {
             "first_step_gap_below_s": FIRST_STEP_GAP_S,
             "met_first_step": gap < FIRST_STEP_GAP_S,
+            "met_first_step_over_lightning": suite_gap < FIRST_STEP_GAP_S,
             "help_below_s": HELP_S,
             "met_help": times["train_help"].median < HELP_S,
         },
