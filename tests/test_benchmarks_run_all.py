@@ -86,3 +86,22 @@ def test_adaptation_speed_subset_larger_than_the_split_is_a_clear_error(make_sha
 
     with pytest.raises(SystemExit, match=r"has 12 samples, not the 20 asked for"):
         first_samples(make_shards([5, 7]), 20, tmp_path / "subset", "train", 2)
+
+
+def test_spectrum_cost_times_the_monitor_inside_the_run(builtin_root: Path, tmp_path: Path) -> None:
+    """The in-run figure is the monitor's own: its hooks' time on the loop and its plots' CPU
+    on the painter thread, both non-zero and a fraction of the epoch they ran in."""
+    from benchmarks import common, spectrum_cost
+
+    model = common.quickstart_model("pretrain_fs")
+    data = common.quickstart_data(
+        "pretrain_fs", builtin_root=str(builtin_root), batch_size=32, num_workers=0
+    )
+    run = spectrum_cost.validate_once(model, data, "with_plots", 2, str(tmp_path))
+    assert run["rows"] == [32, 32]  # limit_val_batches=2
+    assert 0 < run["hook_s"] < run["seconds"]
+    assert run["plot_cpu_s"] > 0  # the plot was drawn by the timed monitor's _draw
+    assert run["hook_fraction"] == pytest.approx(run["hook_s"] / (run["seconds"] - run["hook_s"]))
+    assert list(tmp_path.rglob("events.out.tfevents.*"))
+    without = spectrum_cost.validate_once(model, data, "without", 2, str(tmp_path))
+    assert without["hook_s"] == without["plot_cpu_s"] == 0.0
