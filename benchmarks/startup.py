@@ -36,39 +36,43 @@ NAME = "startup"
 REPO = Path(__file__).resolve().parents[1]
 FIRST_STEP_GAP_S = 1.5
 HELP_S = 3.0
-PLAIN_LOOP = """
+PLAIN_SETUP = """
 import sys, torch, timm, webdataset as wds
 from timm.data import create_transform
 transform = create_transform(32, is_training=True, scale=(0.6, 1.0), color_jitter=0.0)
 model = timm.create_model("resnet18", num_classes=10, layers=[1, 1, 1, 1])
-optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
 data = (wds.WebDataset(sys.argv[1], shardshuffle=False).decode("pil")
         .to_tuple("png", "cls").map_tuple(transform, int).batched(128))
+"""
+PLAIN_LOOP = (
+    PLAIN_SETUP
+    + """
+optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
 images, labels = next(iter(data))
 loss = torch.nn.functional.cross_entropy(model(images), torch.as_tensor(labels))
 loss.backward()
 optimizer.step()
 """
-LIGHTNING_LOOP = """
-import sys, torch, timm, lightning as L, webdataset as wds
-from timm.data import create_transform
+)
+LIGHTNING_LOOP = (
+    PLAIN_SETUP
+    + """
+import lightning as L
 class Classifier(L.LightningModule):
-    def __init__(self):
+    def __init__(self, model):
         super().__init__()
-        self.model = timm.create_model("resnet18", num_classes=10, layers=[1, 1, 1, 1])
+        self.model = model
     def training_step(self, batch, index):
         images, labels = batch
         return torch.nn.functional.cross_entropy(self.model(images), torch.as_tensor(labels))
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=2e-3, weight_decay=0.05)
-transform = create_transform(32, is_training=True, scale=(0.6, 1.0), color_jitter=0.0)
-data = (wds.WebDataset(sys.argv[1], shardshuffle=False).decode("pil")
-        .to_tuple("png", "cls").map_tuple(transform, int).batched(128))
 trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False,
                     enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, num_sanity_val_steps=0)
-trainer.fit(Classifier(), torch.utils.data.DataLoader(data, batch_size=None))
+trainer.fit(Classifier(model), torch.utils.data.DataLoader(data, batch_size=None))
 """
+)
 
 
 def process(*command: str) -> None:
